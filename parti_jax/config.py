@@ -1,0 +1,80 @@
+"""Shape and numerics of the Parti encoder-decoder (Parti §2.2, Table 1).
+
+A plain dataclass so the network modules stay free of gin; gin_registry.py
+makes it configurable for the entry points.
+"""
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import jax.numpy as jnp
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# Embedding tables are padded to a multiple of this so that their vocab axis
+# can be split over any power-of-two model-parallel mesh axis up to 128.
+VOCAB_PAD_MULTIPLE = 128
+
+
+def round_up(value: int, multiple: int) -> int:
+  return -(-value // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyperparameters of the encoder-decoder; defaults are Parti-350M."""
+  text_vocab_size: int = 16000
+  # Size of the image tokenizer's codebook; the decoder also embeds one BOS id.
+  image_vocab_size: int = 8192
+  max_text_length: int = 128
+  # Height and width of the image-token grid (a 256x256 image with 8x8
+  # patches gives 32x32 tokens).
+  image_grid: Tuple[int, int] = (32, 32)
+  emb_dim: int = 1024
+  num_heads: int = 16
+  # Defaults to emb_dim // num_heads.
+  head_dim: Optional[int] = None
+  mlp_dim: int = 4096
+  num_encoder_layers: int = 12
+  num_decoder_layers: int = 12
+  # ('gelu',) is a plain two-matrix MLP as in Parti's parameter counts;
+  # ('gelu', 'linear') is the gated variant of T5 v1.1.
+  mlp_activations: Sequence[str] = ('gelu',)
+  dropout_rate: float = 0.1
+  # Matmul dtype; parameters, layer norms, softmax and logits stay float32.
+  dtype: str = 'float32'
+  # 'none' keeps every activation for the backward pass; 'full' recomputes
+  # each layer (less memory, about a third more compute).
+  remat_policy: str = 'none'
+
+  def __post_init__(self):
+    if self.dtype not in _DTYPES:
+      raise ValueError(f'dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}')
+    if self.remat_policy not in ('none', 'full'):
+      raise ValueError(f"remat_policy must be 'none' or 'full', got {self.remat_policy!r}")
+    if self.head_dim is None and self.emb_dim % self.num_heads:
+      raise ValueError(f'emb_dim {self.emb_dim} is not divisible by num_heads {self.num_heads}')
+
+  @property
+  def compute_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def attention_head_dim(self) -> int:
+    return self.head_dim or self.emb_dim // self.num_heads
+
+  @property
+  def image_length(self) -> int:
+    return self.image_grid[0] * self.image_grid[1]
+
+  @property
+  def bos_id(self) -> int:
+    """Decoder input id that starts every image sequence."""
+    return self.image_vocab_size
+
+  @property
+  def text_embedding_rows(self) -> int:
+    return round_up(self.text_vocab_size, VOCAB_PAD_MULTIPLE)
+
+  @property
+  def image_embedding_rows(self) -> int:
+    return round_up(self.image_vocab_size + 1, VOCAB_PAD_MULTIPLE)

@@ -1,0 +1,30 @@
+"""parti-jax: an open JAX implementation of Parti (Yu et al. 2022)."""
+from setuptools import find_packages, setup
+
+# Versions verified to install and pass the test suite together (2026-11).
+JAX = '0.10.2'
+
+setup(
+    name='parti-jax',
+    version='0.1.0',
+    description='Parti text-to-image: T5X-style encoder-decoder over ViT-VQGAN tokens, in JAX',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.10',
+    packages=find_packages(include=['parti_jax', 'parti_jax.*']),
+    install_requires=[
+        f'jax=={JAX}',
+        f'jaxlib=={JAX}',
+        'flax==0.12.8',
+        'optax==0.2.8',
+        'orbax-checkpoint==0.12.8',
+        'gin-config==0.5.0',
+        'numpy>=1.26,<3',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'scipy>=1.11'],
+        'tpu': [f'jax[tpu]=={JAX}'],
+        'gpu': [f'jax[cuda12]=={JAX}'],
+        'notebook': ['jupyter', 'nbclient', 'ipykernel', 'papermill', 'matplotlib'],
+    },
+)

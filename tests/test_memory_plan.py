@@ -1,0 +1,36 @@
+"""The memory planner's per-device bytes against direct counts."""
+import math
+
+import flax.linen as nn
+import jax
+
+from parti_jax import partitioning
+from parti_jax.models import PartiModel
+from parti_jax.tools import memory_plan
+from tests.conftest import small_config
+
+
+def test_per_device_bytes_divide_by_the_mesh():
+  model = PartiModel(small_config(emb_dim=64, mlp_dim=128))
+  params = nn.unbox(model.abstract_variables())['params']
+  total = 4 * sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+  dp = memory_plan.plan(model, partitioning.MeshConfig(preset='data_parallel'), 8, 64)
+  assert dp['per_device_bytes']['params'] == total
+  assert dp['batch_per_device'] == 8
+  fsdp = memory_plan.plan(model, partitioning.MeshConfig(preset='fsdp', data=1, fsdp=-1), 8, 64)
+  # Every parameter has an embed dimension of 64, split 8 ways.
+  assert fsdp['per_device_bytes']['params'] == total // 8
+  tp = memory_plan.plan(model, partitioning.MeshConfig(preset='data_model', data=2, model=4), 8,
+                        64)
+  assert total // 4 < tp['per_device_bytes']['params'] < total // 2
+  assert tp['per_device_bytes']['gradients'] == tp['per_device_bytes']['params']
+
+
+def test_activation_estimate_shrinks_with_remat_and_model_parallelism():
+  cfg = small_config(max_text_length=128, image_grid=(32, 32), emb_dim=1024, num_heads=16,
+                     num_encoder_layers=12, num_decoder_layers=12)
+  full = memory_plan.activation_bytes(cfg, 8, 1)
+  assert memory_plan.activation_bytes(cfg, 8, 4) < full
+  remat = small_config(**{**cfg.__dict__, 'remat_policy': 'full'})
+  assert memory_plan.activation_bytes(remat, 8, 1) < full / 5
+  assert memory_plan.activation_bytes(cfg, 16, 1) > 1.9 * full
