@@ -19,6 +19,10 @@ setup(
         'optax==0.2.8',
         'orbax-checkpoint==0.12.8',
         'gin-config==0.5.0',
+        'clu==0.0.12',
+        # clu's TensorBoard writer runs on TensorFlow; so will the data pipelines.
+        'tensorflow==2.21.0',
+        'tensorboard==2.21.0',
         'numpy>=1.26,<3',
     ],
     extras_require={

@@ -1,17 +1,29 @@
-"""Benchmarks. `python -m parti_jax.bench train --preset=bench-s` prints one
-JSON object (its last line) with the figures and the configuration measured.
+"""Benchmarks; each prints one JSON object (its last line) with the figures and
+the configuration measured.
+
+  python -m parti_jax.bench train --preset=bench-s
+  python -m parti_jax.bench tokenizer --preset=small
+  python -m parti_jax.bench tokenizer --checkpoint_dir=RUN/checkpoints
 """
 import argparse
 import dataclasses
 import json
 import sys
 
+from typing import Optional
+
+import flax
 import jax
 import numpy as np
 
 from parti_jax import flops, partitioning, timing
 from parti_jax.config import TransformerConfig
+from parti_jax.data.shapes import ShapesDataset
 from parti_jax.models import PartiModel
+from parti_jax.tokenizer.api import ImageTokenizer
+from parti_jax.tokenizer.config import VitVqganConfig
+from parti_jax.tokenizer.model import VitVqgan
+from parti_jax.tokenizer.quantizer import code_statistics
 from parti_jax.trainer import Trainer, make_optimizer
 
 PRESETS = {
@@ -78,15 +90,98 @@ def bench_train(preset: dict, steps: int, dropout_rate: float) -> dict:
   }
 
 
+TOKENIZER_PRESETS = {
+    # ViT-VQGAN-Small at Parti's resolution.
+    'small': dict(config=dict(), batch_size=8),
+    'tiny': dict(config=dict(image_size=64, patch_size=4, encoder_layers=2, encoder_dim=128,
+                             encoder_heads=4, encoder_mlp_dim=512, decoder_layers=2,
+                             decoder_dim=128, decoder_heads=4, decoder_mlp_dim=512,
+                             codebook_size=1024, lookup_dim=8), batch_size=32),
+}
+
+
+def bench_tokenizer(preset: dict, steps: int, checkpoint_dir: Optional[str],
+                    eval_examples: int) -> dict:
+  """Encode and decode throughput (and MFU) of a randomly initialized
+  tokenizer; with a checkpoint, its reconstruction quality on held-out shapes."""
+  config = VitVqganConfig(**preset['config'])
+  if checkpoint_dir:
+    tokenizer = ImageTokenizer.from_checkpoint(checkpoint_dir)
+    config = tokenizer.config
+  else:
+    model = VitVqgan(config)
+    params = model.init(jax.random.key(0), np.zeros((1, config.image_size, config.image_size, 3),
+                                                    np.float32))
+    tokenizer = ImageTokenizer(config, flax.linen.unbox(params)['params'])
+  batch = preset['batch_size']
+  images = np.random.default_rng(0).integers(0, 256, (batch, config.image_size,
+                                                      config.image_size, 3), np.uint8)
+  ids = tokenizer.encode(images)
+  jax.block_until_ready(tokenizer.decode(ids))
+  peak = timing.matmul_peak_flops()
+  encode = timing.measure(lambda: jax.block_until_ready(tokenizer.encode(images)), steps)
+  decode = timing.measure(lambda: jax.block_until_ready(tokenizer.decode(ids)), steps)
+  pixels = config.patch_size**2 * 3
+  encode_flops = flops.vit_stack_flops(config.encoder_layers, config.encoder_dim,
+                                       config.encoder_mlp_dim, config.num_tokens, pixels,
+                                       config.encoder_dim, batch)
+  decode_flops = flops.vit_stack_flops(config.decoder_layers, config.decoder_dim,
+                                       config.decoder_mlp_dim, config.num_tokens,
+                                       config.lookup_dim,
+                                       config.patch_size**2 * config.output_channels, batch)
+  result = {
+      'benchmark': 'tokenizer',
+      'encode_images_per_s': batch / encode['median_s'],
+      'decode_images_per_s': batch / decode['median_s'],
+      'encode_mfu': encode_flops / encode['median_s'] / peak,
+      'decode_mfu': decode_flops / decode['median_s'] / peak,
+      'encode_flops': encode_flops, 'decode_flops': decode_flops, 'peak_flops': peak,
+      'encode_timing': encode, 'decode_timing': decode, 'batch_size': batch,
+      'config': dataclasses.asdict(config), 'checkpoint_dir': checkpoint_dir,
+  }
+  if checkpoint_dir:
+    result.update(shapes_reconstruction(tokenizer, eval_examples, batch))
+  return result
+
+
+def shapes_reconstruction(tokenizer: 'ImageTokenizer', num_examples: int, batch: int) -> dict:
+  """PSNR, codebook usage and perplexity on shapes from a seed training never used."""
+  data = ShapesDataset(seed=12345, resolution=tokenizer.config.image_size)
+  psnrs, codes = [], []
+  for start in range(0, num_examples, batch):
+    images = np.stack([data.example(start + i)['image'] for i in range(batch)])
+    ids = tokenizer.encode(images)
+    recon = np.asarray(tokenizer.decode(ids))
+    mse = np.mean((recon - images / 255.0)**2, axis=(1, 2, 3))
+    psnrs.extend(10 * np.log10(1.0 / np.maximum(mse, 1e-10)))
+    codes.append(np.asarray(ids))
+  stats = code_statistics(np.concatenate(codes), tokenizer.codebook_size)
+  return {'heldout_psnr': float(np.mean(psnrs)),
+          'heldout_codebook_usage': float(stats['codebook_usage']),
+          'heldout_perplexity': float(stats['perplexity']), 'heldout_examples': len(psnrs)}
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('what', choices=['train'])
-  parser.add_argument('--preset', default='bench-s', choices=sorted(PRESETS))
+  parser.add_argument('what', choices=['train', 'tokenizer'])
+  parser.add_argument('--preset', default=None,
+                      help=f'train: {sorted(PRESETS)}; tokenizer: {sorted(TOKENIZER_PRESETS)}')
   parser.add_argument('--steps', type=int, default=5, help='timed repetitions')
   parser.add_argument('--dropout_rate', type=float, default=0.0)
+  parser.add_argument('--checkpoint_dir', default=None,
+                      help='tokenizer: evaluate this trained tokenizer on held-out shapes')
+  parser.add_argument('--eval_examples', type=int, default=512)
   args = parser.parse_args(argv)
-  result = bench_train(PRESETS[args.preset], args.steps, args.dropout_rate)
-  result['preset'] = args.preset
+  presets = PRESETS if args.what == 'train' else TOKENIZER_PRESETS
+  preset = args.preset or next(iter(presets))
+  if preset not in presets:
+    parser.error(f'unknown preset {preset!r} for {args.what}; choose from {sorted(presets)}')
+  if args.what == 'train':
+    result = bench_train(presets[preset], args.steps, args.dropout_rate)
+  else:
+    result = bench_tokenizer(presets[preset], args.steps, args.checkpoint_dir,
+                             args.eval_examples)
+  result['preset'] = preset
   print(json.dumps(result))
   sys.stdout.flush()
 

@@ -1,6 +1,7 @@
 """Command lines in the t5x style: repeatable --gin_file, --gin.NAME=VALUE
 overrides and --gin_search_paths, with user errors reported as one line."""
 import argparse
+import logging
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -43,9 +44,19 @@ def parse_with_gin(p: argparse.ArgumentParser,
   return args
 
 
+def _show_progress_logs() -> None:
+  """This package's INFO logs on stderr; libraries' chatter stays at WARNING."""
+  # force: TensorFlow and absl may have installed root handlers at import.
+  logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(message)s',
+                      datefmt='%H:%M:%S', force=True)
+  for name in ('parti_jax', '__main__'):  # __main__: the entry point run with -m.
+    logging.getLogger(name).setLevel(logging.INFO)
+
+
 def run(main: Callable[[Optional[Sequence[str]]], None],
         argv: Optional[Sequence[str]] = None) -> None:
   """Calls main; a configuration mistake ends in one line on stderr, exit 2."""
+  _show_progress_logs()
   try:
     main(argv)
   except (ConfigError, FileNotFoundError) as e:

@@ -33,3 +33,13 @@ def forward_flops(cfg: TransformerConfig, batch: int, text_length: int, image_le
 def train_flops(cfg: TransformerConfig, batch: int, text_length: int, image_length: int) -> float:
   """Forward + backward of one training step."""
   return 3.0 * forward_flops(cfg, batch, text_length, image_length)
+
+
+def vit_stack_flops(num_layers: int, dim: int, mlp_dim: int, tokens: int, in_features: int,
+                    out_features: int, batch: int) -> float:
+  """Forward matmul FLOPs of a ViT stack as in the tokenizer: input projection,
+  blocks (attention over all tokens, plain MLP) and the tanh head."""
+  per_token = (in_features * dim + num_layers * (4 * dim * dim + 2 * dim * mlp_dim) +
+               dim * mlp_dim + mlp_dim * out_features)
+  attention = 4 * num_layers * tokens * tokens * dim
+  return 2.0 * batch * tokens * per_token + batch * attention

@@ -3,6 +3,7 @@
 The network and model modules do not import gin; this module registers them,
 so `PartiModel.config = @TransformerConfig()` works in gin files.
 """
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
@@ -11,8 +12,12 @@ import gin
 
 from parti_jax import partitioning, trainer
 from parti_jax.config import TransformerConfig
+from parti_jax.data.shapes import ShapesDataset
 from parti_jax.errors import ConfigError
 from parti_jax.models import PartiModel
+from parti_jax.tokenizer import config as tokenizer_config
+from parti_jax.tokenizer import discriminator as tokenizer_discriminator
+from parti_jax.tokenizer import trainer as tokenizer_trainer
 
 # The repository's gin_configs/, searched after the user's paths.
 DEFAULT_SEARCH_PATH = Path(__file__).resolve().parent.parent / 'gin_configs'
@@ -24,6 +29,10 @@ make_optimizer = gin.external_configurable(trainer.make_optimizer, 'make_optimiz
 warmup_exponential_decay = gin.external_configurable(trainer.warmup_exponential_decay,
                                                      'warmup_exponential_decay')
 warmup_cosine = gin.external_configurable(trainer.warmup_cosine, 'warmup_cosine')
+ShapesDataset = gin.external_configurable(ShapesDataset, 'ShapesDataset')
+VitVqganConfig = gin.external_configurable(tokenizer_config.VitVqganConfig, 'VitVqganConfig')
+Discriminator = gin.external_configurable(tokenizer_discriminator.Discriminator, 'Discriminator')
+LossWeights = gin.external_configurable(tokenizer_trainer.LossWeights, 'LossWeights')
 
 
 def _resolve(path: str, search_paths: Sequence[Path]) -> str:
@@ -37,6 +46,14 @@ def _resolve(path: str, search_paths: Sequence[Path]) -> str:
       return str(candidate)
   raise ConfigError(f'gin file not found: {path} (searched ., ' +
                     ', '.join(str(p) for p in search_paths) + ')')
+
+
+class _DropGinProbeErrors(logging.Filter):
+  """gin logs 'Path not found' for every search-path prefix it probes while
+  resolving an include, even when a later prefix has the file."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith('Path not found:')
 
 
 def one_line(error: BaseException) -> str:
@@ -55,6 +72,16 @@ def parse(gin_files: Iterable[str], bindings: Iterable[str],
   for root in roots:
     gin.add_config_file_search_path(str(root))
   gin.clear_config()
+  probe_filter = _DropGinProbeErrors()
+  logging.getLogger().addFilter(probe_filter)
+  try:
+    _parse_resolved(gin_files, bindings, roots)
+  finally:
+    logging.getLogger().removeFilter(probe_filter)
+
+
+def _parse_resolved(gin_files: Iterable[str], bindings: Iterable[str],
+                    roots: Sequence[Path]) -> None:
   for path in gin_files:
     resolved = _resolve(path, roots)
     try:

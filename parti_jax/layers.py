@@ -139,11 +139,12 @@ class _Attention(nn.Module):
     v = constrain(self.value(inputs), BATCH_LENGTH_HEADS_KV)
     return k, v
 
-  def attend(self, inputs_q: Array, key: Array, value: Array, bias: Array,
+  def attend(self, inputs_q: Array, key: Array, value: Array, bias: Optional[Array],
              deterministic: bool) -> Array:
     """Attends queries from `inputs_q` to projected keys and values.
 
-    bias: float32, broadcastable to [batch, heads, q_length, kv_length].
+    bias: float32, broadcastable to [batch, heads, q_length, kv_length], or
+      None for no mask.
     """
     query = constrain(self.query(inputs_q), BATCH_LENGTH_HEADS_KV)
     query = query * jnp.asarray(self.head_dim**-0.5, self.dtype)
@@ -151,7 +152,7 @@ class _Attention(nn.Module):
     # markedly faster on XLA's CPU backend than einsums over interleaved ones.
     query, key, value = (x.transpose(0, 2, 1, 3) for x in (query, key, value))
     logits = jnp.einsum('bhqd,bhkd->bhqk', query, key, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits + bias, axis=-1)
+    weights = jax.nn.softmax(logits if bias is None else logits + bias, axis=-1)
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(self.dtype), value).transpose(0, 2, 1, 3)
     out = constrain(out, BATCH_LENGTH_HEADS_KV)
@@ -208,3 +209,43 @@ class CrossAttention(_Attention):
     else:
       key, value = self.project_kv(encoded)
     return self.attend(x, key, value, bias, deterministic)
+
+
+class Residual(nn.Module):
+  """Dropout on a residual branch, added to the stream."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: Array, branch: Array, deterministic: bool) -> Array:
+    out = x + nn.Dropout(self.rate)(branch, deterministic=deterministic)
+    return constrain(out, BATCH_LENGTH_EMBED)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LayerNorm block of bidirectional self-attention and MLP: Parti's text
+  encoder layer and the ViT-VQGAN tokenizer's block."""
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  mlp_activations: Sequence[str] = ('gelu',)
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Optional[Array], deterministic: bool) -> Array:
+    h = LayerNorm(dtype=self.dtype, name='pre_attention_norm')(x)
+    h = SelfAttention(self.num_heads, self.head_dim, self.dropout_rate, self.dtype,
+                      name='attention')(h, bias, deterministic)
+    x = Residual(self.dropout_rate)(x, h, deterministic)
+    h = LayerNorm(dtype=self.dtype, name='pre_mlp_norm')(x)
+    h = MlpBlock(self.mlp_dim, self.mlp_activations, self.dropout_rate, self.dtype,
+                 name='mlp')(h, deterministic)
+    return Residual(self.dropout_rate)(x, h, deterministic)
+
+
+def maybe_remat(block_cls, policy: str, static_argnums: Tuple[int, ...]):
+  """`block_cls` rematerialized when policy is 'full'; `static_argnums` (the
+  module itself is 0) are the block's Python-bool arguments."""
+  if policy == 'full':
+    return nn.remat(block_cls, static_argnums=static_argnums)
+  return block_cls

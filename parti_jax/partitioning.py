@@ -48,6 +48,15 @@ def _rules(embed=None, model=None) -> Rules:
       ('activation_length', None),
       ('activation_embed', None),
       ('activation_kv', None),
+      # Image tokenizer: codebook entries, the low-dimensional lookup space,
+      # flattened patch pixels; the discriminator's convolutions.
+      ('codebook', None),
+      ('lookup', None),
+      ('pixels', None),
+      ('conv_height', None),
+      ('conv_width', None),
+      ('conv_in', None),
+      ('conv_out', None),
   )
 
 

@@ -26,43 +26,9 @@ def causal_bias(length: int) -> Array:
   return jnp.where(idx[None, :] <= idx[:, None], 0.0, layers.NEG_INF)[None, None]
 
 
-def _maybe_remat(layer_cls, config: TransformerConfig, static_argnums):
-  """Wraps a layer in rematerialization; `static_argnums` (self is 0) are its bool flags."""
-  if config.remat_policy == 'full':
-    return nn.remat(layer_cls, static_argnums=static_argnums)
-  return layer_cls
-
-
 def _attention_kwargs(config: TransformerConfig):
   return dict(num_heads=config.num_heads, head_dim=config.attention_head_dim,
               dropout_rate=config.dropout_rate, dtype=config.compute_dtype)
-
-
-class _Residual(nn.Module):
-  """Dropout on a residual branch, added to the stream."""
-  rate: float
-
-  @nn.compact
-  def __call__(self, x: Array, branch: Array, deterministic: bool) -> Array:
-    out = x + nn.Dropout(self.rate)(branch, deterministic=deterministic)
-    return layers.constrain(out, layers.BATCH_LENGTH_EMBED)
-
-
-class EncoderLayer(nn.Module):
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool, decode: bool = False) -> Array:
-    del decode  # The encoder runs once per prompt; it has no cache.
-    cfg = self.config
-    dtype = cfg.compute_dtype
-    h = layers.LayerNorm(dtype=dtype, name='pre_attention_norm')(x)
-    h = layers.SelfAttention(**_attention_kwargs(cfg), name='attention')(h, bias, deterministic)
-    x = _Residual(cfg.dropout_rate)(x, h, deterministic)
-    h = layers.LayerNorm(dtype=dtype, name='pre_mlp_norm')(x)
-    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
-                        name='mlp')(h, deterministic)
-    return _Residual(cfg.dropout_rate)(x, h, deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -76,15 +42,15 @@ class DecoderLayer(nn.Module):
     h = layers.LayerNorm(dtype=dtype, name='pre_self_attention_norm')(x)
     h = layers.SelfAttention(**_attention_kwargs(cfg), name='self_attention')(
         h, self_bias, deterministic, decode)
-    x = _Residual(cfg.dropout_rate)(x, h, deterministic)
+    x = layers.Residual(cfg.dropout_rate)(x, h, deterministic)
     h = layers.LayerNorm(dtype=dtype, name='pre_cross_attention_norm')(x)
     h = layers.CrossAttention(**_attention_kwargs(cfg), name='cross_attention')(
         h, encoded, cross_bias, deterministic, decode)
-    x = _Residual(cfg.dropout_rate)(x, h, deterministic)
+    x = layers.Residual(cfg.dropout_rate)(x, h, deterministic)
     h = layers.LayerNorm(dtype=dtype, name='pre_mlp_norm')(x)
     h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
                         name='mlp')(h, deterministic)
-    return _Residual(cfg.dropout_rate)(x, h, deterministic)
+    return layers.Residual(cfg.dropout_rate)(x, h, deterministic)
 
 
 class Encoder(nn.Module):
@@ -103,9 +69,10 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
     bias = padding_bias(tokens)
-    layer_cls = _maybe_remat(EncoderLayer, cfg, static_argnums=(3, 4))
+    block_cls = layers.maybe_remat(layers.EncoderBlock, cfg.remat_policy, static_argnums=(3,))
     for i in range(cfg.num_encoder_layers):
-      x = layer_cls(cfg, name=f'layer_{i}')(x, bias, deterministic, False)
+      x = block_cls(mlp_dim=cfg.mlp_dim, mlp_activations=cfg.mlp_activations,
+                    **_attention_kwargs(cfg), name=f'layer_{i}')(x, bias, deterministic)
     return layers.LayerNorm(dtype=cfg.compute_dtype, name='final_norm')(x)
 
 
@@ -143,7 +110,7 @@ class Decoder(nn.Module):
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
     self_bias = causal_bias(length)  # Decode steps build theirs from the cache index.
     cross_bias = None if encoder_tokens is None else padding_bias(encoder_tokens)
-    layer_cls = _maybe_remat(DecoderLayer, cfg, static_argnums=(5, 6))
+    layer_cls = layers.maybe_remat(DecoderLayer, cfg.remat_policy, static_argnums=(5, 6))
     for i in range(cfg.num_decoder_layers):
       x = layer_cls(cfg, name=f'layer_{i}')(x, encoded, self_bias, cross_bias, deterministic,
                                             decode)

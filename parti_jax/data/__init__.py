@@ -1,0 +1,1 @@
+"""Datasets: the built-in synthetic "shapes" dataset and its helpers."""

@@ -1,0 +1,1 @@
+"""ViT-VQGAN image tokenizer: model, quantizer, discriminator and losses."""

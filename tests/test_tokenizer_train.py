@@ -1,0 +1,68 @@
+"""The tokenizer training command: checkpoints, resume, the API, stage 2."""
+import json
+import os
+
+import jax
+import numpy as np
+
+from parti_jax.tokenizer import api
+from tests.conftest import run_module
+
+MICRO = [
+    '--gin_file=tokenizer/vit_vqgan_tiny.gin', '--gin_file=data/shapes.gin',
+    '--gin.ShapesDataset.resolution=32', '--gin.VitVqganConfig.image_size=32',
+    '--gin.VitVqganConfig.encoder_layers=1', '--gin.VitVqganConfig.decoder_layers=1',
+    '--gin.VitVqganConfig.encoder_dim=32', '--gin.VitVqganConfig.decoder_dim=32',
+    '--gin.VitVqganConfig.encoder_mlp_dim=64', '--gin.VitVqganConfig.decoder_mlp_dim=64',
+    '--gin.VitVqganConfig.codebook_size=32', '--gin.Discriminator.channels=(8, 16)',
+    '--gin.train_tokenizer.batch_size=8', '--gin.train_tokenizer.eval_examples=16',
+    '--gin.train_tokenizer.checkpoint_every=3', '--gin.train_tokenizer.eval_every=3',
+    '--gin.train_tokenizer.log_every=3', '--gin.LossWeights.adversarial_start_step=4',
+]
+
+
+def train(model_dir, steps, *extra):
+  result = run_module('parti_jax.tokenizer.train', *MICRO, f'--gin.MODEL_DIR="{model_dir}"',
+                      f'--gin.train_tokenizer.train_steps={steps}', *extra)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def test_train_resume_load_and_fine_tune(tmp_path):
+  stage1 = tmp_path / 'stage1'
+  metrics, log = train(stage1, 3)
+  assert metrics['steps'] == 3 and 0 < metrics['eval_codebook_usage'] <= 1
+  assert 'NO VGG16 WEIGHTS' in log and 'step 3/3' in log
+  assert os.path.exists(stage1 / 'config.gin')
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(stage1))
+
+  # A second run with more steps resumes where the first stopped (and enters
+  # the adversarial phase at step 4).
+  metrics, log = train(stage1, 6)
+  assert metrics['steps'] == 6
+  assert 'resumed from step 3' in log
+
+  tokenizer = api.ImageTokenizer.from_checkpoint(str(stage1 / 'checkpoints'))
+  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+  ids = tokenizer.encode(images)
+  assert ids.shape == (2, 16)
+  assert tokenizer.decode(ids).shape == (2, 32, 32, 3)
+
+  # Stage 2: a new, larger decoder on the frozen stage-1 encoder and codebook.
+  stage2 = tmp_path / 'stage2'
+  train(stage2, 2, f'--gin.train_tokenizer.init_from="{stage1 / "checkpoints"}"',
+        "--gin.train_tokenizer.frozen=('encoder', 'quantizer')",
+        '--gin.train_tokenizer.restart_unused_after=0',
+        '--gin.VitVqganConfig.decoder_layers=2', "--gin.VitVqganConfig.output_head='linear'")
+  _, before = api.load_generator(str(stage1 / 'checkpoints'))
+  config, after = api.load_generator(str(stage2 / 'checkpoints'))
+  assert config.decoder_layers == 2 and config.output_head == 'linear'
+  for module in ('encoder', 'quantizer'):
+    jax.tree.map(np.testing.assert_array_equal, before[module], after[module])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  result = run_module('parti_jax.tokenizer.train', *MICRO, f'--gin.MODEL_DIR="{tmp_path}"',
+                      f'--gin.train_tokenizer.init_from="{tmp_path / "nothing"}"')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith('error: no tokenizer checkpoint in')
