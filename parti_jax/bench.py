@@ -52,10 +52,11 @@ def random_batch(cfg: TransformerConfig, batch_size: int, seed: int = 0) -> dict
               decoder_loss_weights=np.ones(image.shape, np.float32))
 
 
-def bench_train(preset: dict, steps: int, dropout_rate: float) -> dict:
-  cfg = TransformerConfig(**preset['config'], dropout_rate=dropout_rate)
+def bench_train(preset: dict, steps: int, dropout_rate: float, dtype: Optional[str]) -> dict:
+  cfg = TransformerConfig(**dict(preset['config'], dtype=dtype or preset['config']['dtype']),
+                          dropout_rate=dropout_rate)
   batch_size = preset['batch_size']
-  peak = timing.matmul_peak_flops()
+  peak = timing.matmul_peak_flops(dtype=cfg.compute_dtype)
   mesh_config = partitioning.MeshConfig()
   mesh = mesh_config.make_mesh()
   trainer = Trainer(PartiModel(cfg), make_optimizer(1e-4), mesh, mesh_config.rules)
@@ -101,10 +102,10 @@ TOKENIZER_PRESETS = {
 
 
 def bench_tokenizer(preset: dict, steps: int, checkpoint_dir: Optional[str],
-                    eval_examples: int) -> dict:
+                    eval_examples: int, dtype: Optional[str]) -> dict:
   """Encode and decode throughput (and MFU) of a randomly initialized
   tokenizer; with a checkpoint, its reconstruction quality on held-out shapes."""
-  config = VitVqganConfig(**preset['config'])
+  config = VitVqganConfig(**dict(preset['config'], dtype=dtype or 'float32'))
   if checkpoint_dir:
     tokenizer = ImageTokenizer.from_checkpoint(checkpoint_dir)
     config = tokenizer.config
@@ -118,7 +119,7 @@ def bench_tokenizer(preset: dict, steps: int, checkpoint_dir: Optional[str],
                                                       config.image_size, 3), np.uint8)
   ids = tokenizer.encode(images)
   jax.block_until_ready(tokenizer.decode(ids))
-  peak = timing.matmul_peak_flops()
+  peak = timing.matmul_peak_flops(dtype=config.compute_dtype)
   encode = timing.measure(lambda: jax.block_until_ready(tokenizer.encode(images)), steps)
   decode = timing.measure(lambda: jax.block_until_ready(tokenizer.decode(ids)), steps)
   pixels = config.patch_size**2 * 3
@@ -168,6 +169,9 @@ def main(argv=None) -> None:
                       help=f'train: {sorted(PRESETS)}; tokenizer: {sorted(TOKENIZER_PRESETS)}')
   parser.add_argument('--steps', type=int, default=5, help='timed repetitions')
   parser.add_argument('--dropout_rate', type=float, default=0.0)
+  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default=None,
+                      help='matmul dtype (default: the preset\'s, float32); the peak is '
+                      'measured in the same dtype')
   parser.add_argument('--checkpoint_dir', default=None,
                       help='tokenizer: evaluate this trained tokenizer on held-out shapes')
   parser.add_argument('--eval_examples', type=int, default=512)
@@ -177,10 +181,10 @@ def main(argv=None) -> None:
   if preset not in presets:
     parser.error(f'unknown preset {preset!r} for {args.what}; choose from {sorted(presets)}')
   if args.what == 'train':
-    result = bench_train(presets[preset], args.steps, args.dropout_rate)
+    result = bench_train(presets[preset], args.steps, args.dropout_rate, args.dtype)
   else:
     result = bench_tokenizer(presets[preset], args.steps, args.checkpoint_dir,
-                             args.eval_examples)
+                             args.eval_examples, args.dtype)
   result['preset'] = preset
   print(json.dumps(result))
   sys.stdout.flush()

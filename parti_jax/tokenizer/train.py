@@ -131,7 +131,7 @@ def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.
   checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'),
                                           max_to_keep=keep_checkpoints)
   if checkpointer.latest_step() is not None:
-    abstract = _state_items(jax.eval_shape(trainer._init_state))  # pylint: disable=protected-access
+    abstract = _state_items(trainer.abstract_state())
     shardings = _state_items(trainer.state_shardings)
     state = _state_from_items(checkpointer.restore(
         checkpoints.abstract_like(abstract, shardings)))
@@ -150,6 +150,7 @@ def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.
   eval_dataset = eval_dataset or dataset
 
   start_step = int(state.step)
+  held_out = None
   progress = metrics.Progress(train_steps, start_step)
   for step in range(start_step, train_steps):
     images = partitioning.host_to_global_batch(
@@ -176,9 +177,10 @@ def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.
     if done % checkpoint_every == 0 or done == train_steps:
       checkpointer.save(done, _state_items(state), metadata, force=True)
   checkpointer.close()
-  final = evaluate(trainer, state.generator, eval_dataset, eval_examples, batch_size, mesh,
-                   mesh_config.rules)
-  final['steps'] = int(state.step)
+  if held_out is None:  # Nothing left to train: evaluate what was restored.
+    held_out = evaluate(trainer, state.generator, eval_dataset, eval_examples, batch_size, mesh,
+                        mesh_config.rules)
+  final = dict(held_out, steps=int(state.step))
   writer.flush()
   return final
 

@@ -142,8 +142,12 @@ class TokenizerTrainer:
         discriminator_opt=self.discriminator_optimizer.init(discriminator),
         steps_unused=jnp.zeros((self.model.config.codebook_size,), jnp.int32))
 
+  def abstract_state(self) -> TokenizerState:
+    """Shapes and dtypes of the state, allocating nothing."""
+    return jax.eval_shape(self._init_state)
+
   def _state_shardings(self) -> TokenizerState:
-    abstract = jax.eval_shape(self._init_state)
+    abstract = self.abstract_state()
     generator, discriminator = jax.eval_shape(self._init_variables)
     g_specs = nn.get_partition_spec(generator)['params']
     d_specs = nn.get_partition_spec(discriminator)['params']
