@@ -23,6 +23,12 @@ setup(
         # clu's TensorBoard writer runs on TensorFlow; so will the data pipelines.
         'tensorflow==2.21.0',
         'tensorboard==2.21.0',
+        # Data pipelines.
+        'seqio==0.0.20',
+        'tensorflow-text==2.21.1',
+        'tensorflow-datasets==4.9.10',
+        'sentencepiece==0.2.3',
+        'pillow==13.0.0',
         'numpy>=1.26,<3',
     ],
     extras_require={

@@ -75,3 +75,15 @@ def test_unused_codes_restart_from_encoder_outputs():
   assert any(np.allclose(new_codebook[2], v) for v in ([1.0, 0.0], [0.0, 1.0]))
   np.testing.assert_array_equal(np.asarray(new_codebook)[[0, 1, 3]], 0)
   np.testing.assert_array_equal(counters, [0, 6, 0, 0])
+
+
+def test_restarts_go_to_the_worst_served_latents():
+  """The batch's latent [1, 0] sits exactly on its code and [0, 1] is far from
+  it: every dead code restarts at [0, 1]."""
+  codebook = jnp.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+  latents = jnp.array([[[1.0, 0.0], [0.0, 1.0]]])
+  indices = jnp.array([[0, 0]])
+  new_codebook, _, restarted = restart_dead_codes(codebook, jnp.array([0, 9, 9]), indices,
+                                                  latents, jax.random.key(1), 10)
+  assert int(restarted) == 2
+  np.testing.assert_array_equal(np.asarray(new_codebook)[1:], [[0.0, 1.0], [0.0, 1.0]])

@@ -238,7 +238,7 @@ def _captions_path(root: str, captions_file: Optional[str]) -> str:
   return found[0]
 
 
-def _caption_lines(path: str) -> Iterator[Tuple[int, bytes]]:
+def text_lines(path: str) -> Iterator[Tuple[int, bytes]]:
   """(line number, line without its line ending) for each non-blank line."""
   with tf.io.gfile.GFile(path, 'rb') as f:
     for number, line in enumerate(f, start=1):
@@ -250,7 +250,7 @@ def _caption_lines(path: str) -> Iterator[Tuple[int, bytes]]:
 
 
 def _jsonl_rows(path: str, root: str) -> Iterator[Candidate]:
-  for number, line in _caption_lines(path):
+  for number, line in text_lines(path):
     yield _jsonl_row(line, f'{path}:{number}', root)
 
 
@@ -270,7 +270,7 @@ def _jsonl_row(line: bytes, line_key: str, root: str) -> Candidate:
 
 
 def _tsv_rows(path: str, root: str) -> Iterator[Candidate]:
-  lines = _caption_lines(path)
+  lines = text_lines(path)
   header = next(lines, None)
   if header is None:
     return  # An empty file: _serve reports that nothing was usable.

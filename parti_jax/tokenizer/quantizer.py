@@ -82,14 +82,18 @@ def restart_dead_codes(codebook: Array, steps_unused: Array, indices: Array, lat
 
   steps_unused: int32 [K], steps since each code was last chosen.
   indices, latents: this step's codes [B, N] and unit encoder latents [B, N, lookup].
-  Each dead code takes a randomly chosen latent of the batch (as a unit
-  vector, so it lands where the encoder actually puts its outputs) and its
-  counter restarts. Returns the new codebook, counters and number restarted.
+  Each dead code takes a latent of the batch drawn with probability
+  proportional to its quantization error (1 - cosine to its code), so codes
+  return where the codebook serves the encoder worst rather than to the most
+  common latents (on mostly-blank images, the background). Returns the new
+  codebook, counters and number restarted.
   """
   used = jnp.zeros(codebook.shape[0], bool).at[indices.reshape(-1)].set(True)
   steps_unused = jnp.where(used, 0, steps_unused + 1)
   dead = steps_unused >= restart_after
   flat = latents.reshape(-1, latents.shape[-1])
-  picks = jax.random.randint(rng, (codebook.shape[0],), 0, flat.shape[0])
+  assigned = l2_normalize(codebook)[indices.reshape(-1)]
+  error = jnp.maximum(1.0 - jnp.sum(flat * assigned, axis=-1), 0.0)
+  picks = jax.random.categorical(rng, jnp.log(error + 1e-6), shape=(codebook.shape[0],))
   codebook = jnp.where(dead[:, None], flat[picks].astype(codebook.dtype), codebook)
   return codebook, jnp.where(dead, 0, steps_unused), jnp.sum(dead)
