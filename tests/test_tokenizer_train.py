@@ -11,6 +11,7 @@ from tests.conftest import run_module
 MICRO = [
     '--gin_file=tokenizer/vit_vqgan_tiny.gin', '--gin_file=data/shapes.gin',
     '--gin.ShapesDataset.resolution=32', '--gin.VitVqganConfig.image_size=32',
+    '--gin.VitVqganConfig.patch_size=8',
     '--gin.VitVqganConfig.encoder_layers=1', '--gin.VitVqganConfig.decoder_layers=1',
     '--gin.VitVqganConfig.encoder_dim=32', '--gin.VitVqganConfig.decoder_dim=32',
     '--gin.VitVqganConfig.encoder_mlp_dim=64', '--gin.VitVqganConfig.decoder_mlp_dim=64',

@@ -1,0 +1,124 @@
+"""Pre-tokenization: run the image tokenizer over a task once, so Parti
+training reads token ids and never touches pixels.
+
+Shards are TFRecord files of tf.train.Example with 'image_tokens' (int64
+[N]), 'caption' and 'id' (bytes), written to a temporary name and renamed when
+complete: a shard file that exists is whole, and rerunning after a crash skips
+the finished shards and rewrites only the rest. The caption is stored rather
+than its tokens; reading it back tokenizes and drops captions exactly as the
+on-the-fly path does (same vocabulary, same per-example dropout), so both paths
+yield identical batches.
+"""
+import functools
+import json
+import logging
+import os
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from parti_jax import tf_setup  # pylint: disable=g-bad-import-order (before TensorFlow)
+
+import seqio  # pylint: disable=g-bad-import-order
+import tensorflow as tf  # pylint: disable=g-bad-import-order
+
+from parti_jax.data import tasks
+
+log = logging.getLogger(__name__)
+
+SHARD_PATTERN = 'tokens-{:05d}.tfrecord'
+MANIFEST = 'manifest.json'
+
+
+def _serialize(image_tokens: np.ndarray, caption: bytes, key: bytes) -> bytes:
+  feature = {
+      'image_tokens': tf.train.Feature(int64_list=tf.train.Int64List(value=image_tokens)),
+      'caption': tf.train.Feature(bytes_list=tf.train.BytesList(value=[caption])),
+      'id': tf.train.Feature(bytes_list=tf.train.BytesList(value=[key])),
+  }
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_shards(dataset: tf.data.Dataset, encode_images: Callable[[np.ndarray], np.ndarray],
+                 output_dir: str, examples_per_shard: int, batch_size: int = 32,
+                 max_examples: Optional[int] = None) -> Dict[str, int]:
+  """Writes the tokens of `dataset` (a task's examples, in order) as shards.
+
+  Shard k holds examples [k * examples_per_shard, (k + 1) * examples_per_shard).
+  Finished shards are skipped. Returns the number of shards and examples.
+  """
+  if examples_per_shard % batch_size:
+    raise ValueError(f'examples_per_shard {examples_per_shard} must be a multiple of '
+                     f'batch_size {batch_size}')
+  tf.io.gfile.makedirs(output_dir)
+  if max_examples is not None:
+    dataset = dataset.take(max_examples)
+  shard, total = 0, 0
+  while True:
+    path = os.path.join(output_dir, SHARD_PATTERN.format(shard))
+    examples = dataset.skip(shard * examples_per_shard).take(examples_per_shard)
+    if tf.io.gfile.exists(path):
+      count = sum(1 for _ in tf.data.TFRecordDataset(path))
+      log.info('shard %d is complete (%d examples), skipped', shard, count)
+    else:
+      count = _write_shard(examples, encode_images, path, batch_size)
+      if count:
+        log.info('wrote shard %d: %d examples', shard, count)
+    total += count
+    if count < examples_per_shard:
+      break
+    shard += 1
+  shards = shard + (1 if count else 0)
+  with tf.io.gfile.GFile(os.path.join(output_dir, MANIFEST), 'w') as f:
+    json.dump({'shards': shards, 'examples': total}, f)
+  return {'shards': shards, 'examples': total}
+
+
+def _write_shard(examples: tf.data.Dataset, encode_images, path: str, batch_size: int) -> int:
+  temporary = f'{path}.tmp-{os.getpid()}'
+  count = 0
+  with tf.io.TFRecordWriter(temporary) as writer:
+    needed = examples.map(lambda ex: {k: ex[k] for k in ('image', 'caption', 'id')})
+    for batch in needed.batch(batch_size).as_numpy_iterator():
+      tokens = np.asarray(encode_images(batch['image']))
+      for row in range(len(tokens)):
+        writer.write(_serialize(tokens[row], batch['caption'][row], batch['id'][row]))
+      count += len(tokens)
+  if count:
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+  else:
+    tf.io.gfile.remove(temporary)
+  return count
+
+
+def register_pretokenized(name: str, output_dir: str, num_tokens: int,
+                          vocabulary: seqio.Vocabulary, max_text_length: int = 128,
+                          caption_dropout: float = 0.1, seed: int = 0) -> seqio.Task:
+  """A task over the shards in `output_dir`, with the on-the-fly task's text
+  processing; its examples carry 'image_tokens' instead of 'image'."""
+  pattern = os.path.join(output_dir, 'tokens-*.tfrecord')
+  if not tf.io.gfile.glob(pattern):
+    raise FileNotFoundError(f'no pre-tokenized shards match {pattern}; run '
+                            'python -m parti_jax.data.pretokenize first')
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name,
+      source=seqio.TFExampleDataSource({'train': pattern}, feature_description={
+          'image_tokens': tf.io.FixedLenFeature([num_tokens], tf.int64),
+          'caption': tf.io.FixedLenFeature([], tf.string),
+          'id': tf.io.FixedLenFeature([], tf.string)}),
+      output_features={'text_tokens': seqio.Feature(vocabulary, add_eos=False),
+                       'image_tokens': seqio.Feature(seqio.PassThroughVocabulary(1),
+                                                     add_eos=False)},
+      preprocessors=[
+          _cast_tokens,
+          functools.partial(tasks.tokenize_captions, vocabulary=vocabulary,
+                            max_length=max_text_length),
+          functools.partial(tasks.drop_captions, rate=caption_dropout, seed=seed),
+      ],
+      shuffle_buffer_size=None)
+
+
+def _cast_tokens(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  return dataset.map(lambda ex: dict(ex, image_tokens=tf.cast(ex['image_tokens'], tf.int32)))
