@@ -4,11 +4,14 @@ the configuration measured.
   python -m parti_jax.bench train --preset=bench-s
   python -m parti_jax.bench tokenizer --preset=small
   python -m parti_jax.bench tokenizer --checkpoint_dir=RUN/checkpoints
+  python -m parti_jax.bench data
 """
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 
 from typing import Optional
 
@@ -162,9 +165,67 @@ def shapes_reconstruction(tokenizer: 'ImageTokenizer', num_examples: int, batch:
           'heldout_perplexity': float(stats['perplexity']), 'heldout_examples': len(psnrs)}
 
 
+def bench_data(num_examples: int, image_size: int, batch_size: int) -> dict:
+  """Examples/s into model batches from three sources: a folder of JPEGs
+  (decode, resize, crop at `image_size`), a pre-tokenized task, and shapes."""
+  # Imported here: they bring in TensorFlow, which the other benchmarks do without.
+  # pylint: disable=import-outside-toplevel
+  import seqio
+  from PIL import Image
+  from parti_jax.data import pretokenize, tasks
+  from parti_jax.data.pipeline import ModelBatches
+  # pylint: enable=import-outside-toplevel
+
+  vocabulary = seqio.ByteVocabulary()
+  num_tokens = (image_size // 8)**2
+  rng = np.random.default_rng(0)
+
+  def random_tokens(images):
+    return rng.integers(0, 8192, (len(images), num_tokens), np.int32)
+
+  def examples_per_s(task, encode):
+    batches = ModelBatches(lambda: tasks.examples(task), batch_size, 128, 8192, encode)
+    next(batches)  # Start-up (tracing, first file opens) is not throughput.
+    count = num_examples // batch_size
+    result = timing.measure(lambda: [next(batches) for _ in range(count)], 1)
+    return count * batch_size / result['median_s'], result
+
+  with tempfile.TemporaryDirectory() as root:
+    shapes = ShapesDataset(resolution=2 * image_size)
+    with open(os.path.join(root, 'captions.jsonl'), 'w') as f:
+      for i in range(num_examples + batch_size):
+        example = shapes.example(i)
+        # Photo-like: larger than the target, not square, JPEG.
+        Image.fromarray(example['image'][:, : 3 * image_size // 2]).save(
+            os.path.join(root, f'{i}.jpg'), quality=90)
+        f.write(json.dumps({'image': f'{i}.jpg', 'caption': example['caption']}) + '\n')
+    options = tasks.ImageOptions(size=image_size)
+    folder = tasks.register('bench_folder', {'train': tasks.folder_reader(root)}, vocabulary,
+                            options)
+    folder_rate, folder_timing = examples_per_s(folder, random_tokens)
+    shards = os.path.join(root, 'tokens')
+    pretokenize.write_shards(tasks.examples(folder), random_tokens, shards, batch_size * 8,
+                             batch_size)
+    pre = pretokenize.register_pretokenized('bench_pre', shards, num_tokens, vocabulary)
+    pre_rate, pre_timing = examples_per_s(pre, None)
+  shapes_task = tasks.register('bench_shapes', {'train': tasks.shapes_reader(
+      ShapesDataset(resolution=image_size))}, vocabulary, tasks.ImageOptions(size=image_size))
+  shapes_rate, shapes_timing = examples_per_s(shapes_task, random_tokens)
+  return {
+      'benchmark': 'data',
+      'folder_jpeg_examples_per_s': folder_rate,
+      'pretokenized_examples_per_s': pre_rate,
+      'shapes_examples_per_s': shapes_rate,
+      'timing': {'folder': folder_timing, 'pretokenized': pre_timing, 'shapes': shapes_timing},
+      'image_size': image_size, 'batch_size': batch_size, 'examples': num_examples,
+      'note': 'image tokens are random ids here: the tokenizer\'s own cost is '
+              '`bench tokenizer`',
+  }
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('what', choices=['train', 'tokenizer'])
+  parser.add_argument('what', choices=['train', 'tokenizer', 'data'])
   parser.add_argument('--preset', default=None,
                       help=f'train: {sorted(PRESETS)}; tokenizer: {sorted(TOKENIZER_PRESETS)}')
   parser.add_argument('--steps', type=int, default=5, help='timed repetitions')
@@ -175,7 +236,13 @@ def main(argv=None) -> None:
   parser.add_argument('--checkpoint_dir', default=None,
                       help='tokenizer: evaluate this trained tokenizer on held-out shapes')
   parser.add_argument('--eval_examples', type=int, default=512)
+  parser.add_argument('--data_examples', type=int, default=512,
+                      help='data: examples timed per source')
   args = parser.parse_args(argv)
+  if args.what == 'data':
+    result = bench_data(args.data_examples, 256, 8)
+    print(json.dumps(result))
+    return
   presets = PRESETS if args.what == 'train' else TOKENIZER_PRESETS
   preset = args.preset or next(iter(presets))
   if preset not in presets:

@@ -119,10 +119,10 @@ def test_pretokenize_resumes_and_never_trusts_partial_files(tmp_path):
       ShapesDataset(resolution=SIZE))}, seqio.ByteVocabulary(), tasks.ImageOptions(size=SIZE),
                         max_text_length=32)
   pretokenize.write_shards(tasks.examples(task), fake_tokenizer, str(tmp_path), 8, 4, 16)
-  first = (tmp_path / 'tokens-00000.tfrecord').read_bytes()
+  first = (tmp_path / 'tokens-p000-00000.tfrecord').read_bytes()
   # A crash mid-shard leaves only a temporary file, which is not a shard.
-  (tmp_path / 'tokens-00001.tfrecord').unlink()
-  (tmp_path / 'tokens-00001.tfrecord.tmp-999').write_bytes(b'half')
+  (tmp_path / 'tokens-p000-00001.tfrecord').unlink()
+  (tmp_path / 'tokens-p000-00001.tfrecord.tmp-999').write_bytes(b'half')
   calls = []
 
   def counting(images):
@@ -132,9 +132,44 @@ def test_pretokenize_resumes_and_never_trusts_partial_files(tmp_path):
   summary = pretokenize.write_shards(tasks.examples(task), counting, str(tmp_path), 8, 4, 16)
   assert summary == {'shards': 2, 'examples': 16}
   assert sum(calls) == 8  # Only the missing shard was tokenized again.
-  assert (tmp_path / 'tokens-00000.tfrecord').read_bytes() == first
+  assert (tmp_path / 'tokens-p000-00000.tfrecord').read_bytes() == first
 
 
 def test_missing_pretokenized_shards_are_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='no pre-tokenized shards'):
     pretokenize.register_pretokenized('test_none', str(tmp_path), 16, seqio.ByteVocabulary())
+
+
+def test_pretokenize_command(tmp_path):
+  """The CLI over a gin-configured folder task with a (random) tiny tokenizer."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import linen as nn  # pylint: disable=import-outside-toplevel
+  from parti_jax.checkpoints import Checkpointer  # pylint: disable=import-outside-toplevel
+  from parti_jax.tokenizer import api  # pylint: disable=import-outside-toplevel
+  from parti_jax.tokenizer.config import VitVqganConfig  # pylint: disable=import-outside-toplevel
+  from parti_jax.tokenizer.model import VitVqgan  # pylint: disable=import-outside-toplevel
+  from tests.conftest import run_module  # pylint: disable=import-outside-toplevel
+
+  config = VitVqganConfig(image_size=SIZE, patch_size=8, encoder_layers=1, encoder_dim=16,
+                          encoder_heads=2, encoder_mlp_dim=32, decoder_layers=1, decoder_dim=16,
+                          decoder_heads=2, decoder_mlp_dim=32, codebook_size=64, lookup_dim=4)
+  params = nn.unbox(VitVqgan(config).init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))))
+  checkpointer = Checkpointer(str(tmp_path / 'tokenizer'))
+  checkpointer.save(1, {'generator': params['params']},
+                    {api.CONFIG_KEY: api.config_to_json(config)}, force=True)
+  checkpointer.close()
+  write_folder(tmp_path / 'photos', 6)
+  result = run_module('parti_jax.data.pretokenize', '--gin_file=data/folder.gin',
+                      f'--gin.DATA_ROOT="{tmp_path / "photos"}"', f'--gin.data_task.image_size={SIZE}',
+                      f'--tokenizer_dir={tmp_path / "tokenizer"}',
+                      f'--output_dir={tmp_path / "tokens"}', '--examples_per_shard=4',
+                      '--batch_size=2')
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary['shards'] == 2 and summary['examples'] == 6
+  assert summary['skipped'] == {'malformed_line': 1, 'missing_image': 1, 'empty_caption': 1}
+  missing = run_module('parti_jax.data.pretokenize', f'--tokenizer_dir={tmp_path}',
+                       f'--output_dir={tmp_path / "x"}')
+  assert missing.returncode == 2
+  assert 'no data task is configured' in missing.stderr.strip().splitlines()[-1]

@@ -1,6 +1,10 @@
 """Pre-tokenization: run the image tokenizer over a task once, so Parti
 training reads token ids and never touches pixels.
 
+  python -m parti_jax.data.pretokenize --gin_file=data/folder.gin \
+      --gin.DATA_ROOT="'/data/photos'" --tokenizer_dir=/runs/tok/checkpoints \
+      --output_dir=/data/photos_tokens
+
 Shards are TFRecord files of tf.train.Example with 'image_tokens' (int64
 [N]), 'caption' and 'id' (bytes), written to a temporary name and renamed when
 complete: a shard file that exists is whole, and rerunning after a crash skips
@@ -10,6 +14,7 @@ on-the-fly path does (same vocabulary, same per-example dropout), so both paths
 yield identical batches.
 """
 import functools
+import itertools
 import json
 import logging
 import os
@@ -22,12 +27,17 @@ from parti_jax import tf_setup  # pylint: disable=g-bad-import-order (before Ten
 import seqio  # pylint: disable=g-bad-import-order
 import tensorflow as tf  # pylint: disable=g-bad-import-order
 
-from parti_jax.data import tasks
+import jax  # pylint: disable=g-bad-import-order
+
+from parti_jax import cli
+from parti_jax.data import configured, tasks
+from parti_jax.tokenizer.api import ImageTokenizer
 
 log = logging.getLogger(__name__)
 
-SHARD_PATTERN = 'tokens-{:05d}.tfrecord'
-MANIFEST = 'manifest.json'
+# Each process writes its own shards: tokens-p<process>-<shard>.tfrecord.
+SHARD_PATTERN = 'tokens-p{:03d}-{:05d}.tfrecord'
+MANIFEST = 'manifest-p{:03d}.json'
 
 
 def _serialize(image_tokens: np.ndarray, caption: bytes, key: bytes) -> bytes:
@@ -41,11 +51,12 @@ def _serialize(image_tokens: np.ndarray, caption: bytes, key: bytes) -> bytes:
 
 def write_shards(dataset: tf.data.Dataset, encode_images: Callable[[np.ndarray], np.ndarray],
                  output_dir: str, examples_per_shard: int, batch_size: int = 32,
-                 max_examples: Optional[int] = None) -> Dict[str, int]:
+                 max_examples: Optional[int] = None, process_index: int = 0) -> Dict[str, int]:
   """Writes the tokens of `dataset` (a task's examples, in order) as shards.
 
   Shard k holds examples [k * examples_per_shard, (k + 1) * examples_per_shard).
-  Finished shards are skipped. Returns the number of shards and examples.
+  One pass over the data: finished shards are read past, not tokenized again.
+  Returns the number of shards and examples.
   """
   if examples_per_shard % batch_size:
     raise ValueError(f'examples_per_shard {examples_per_shard} must be a multiple of '
@@ -53,41 +64,43 @@ def write_shards(dataset: tf.data.Dataset, encode_images: Callable[[np.ndarray],
   tf.io.gfile.makedirs(output_dir)
   if max_examples is not None:
     dataset = dataset.take(max_examples)
+  needed = dataset.map(lambda ex: {k: ex[k] for k in ('image', 'caption', 'id')})
+  batches = needed.batch(batch_size).as_numpy_iterator()
+  batches_per_shard = examples_per_shard // batch_size
   shard, total = 0, 0
   while True:
-    path = os.path.join(output_dir, SHARD_PATTERN.format(shard))
-    examples = dataset.skip(shard * examples_per_shard).take(examples_per_shard)
-    if tf.io.gfile.exists(path):
-      count = sum(1 for _ in tf.data.TFRecordDataset(path))
-      log.info('shard %d is complete (%d examples), skipped', shard, count)
-    else:
-      count = _write_shard(examples, encode_images, path, batch_size)
-      if count:
-        log.info('wrote shard %d: %d examples', shard, count)
-    total += count
-    if count < examples_per_shard:
+    # Streamed, a batch at a time: a shard of large images need not fit in memory.
+    shard_batches = itertools.islice(batches, batches_per_shard)
+    first = next(shard_batches, None)
+    if first is None:
       break
+    shard_batches = itertools.chain([first], shard_batches)
+    path = os.path.join(output_dir, SHARD_PATTERN.format(process_index, shard))
+    if tf.io.gfile.exists(path):
+      count = sum(len(batch['id']) for batch in shard_batches)
+      log.info('shard %d is complete, skipped', shard)
+    else:
+      count = _write_shard(shard_batches, encode_images, path)
+      log.info('wrote shard %d: %d examples', shard, count)
+    total += count
     shard += 1
-  shards = shard + (1 if count else 0)
-  with tf.io.gfile.GFile(os.path.join(output_dir, MANIFEST), 'w') as f:
-    json.dump({'shards': shards, 'examples': total}, f)
-  return {'shards': shards, 'examples': total}
+  with tf.io.gfile.GFile(os.path.join(output_dir, MANIFEST.format(process_index)), 'w') as f:
+    json.dump({'shards': shard, 'examples': total}, f)
+  return {'shards': shard, 'examples': total}
 
 
-def _write_shard(examples: tf.data.Dataset, encode_images, path: str, batch_size: int) -> int:
+def _write_shard(batches, encode_images, path: str) -> int:
+  """Writes under a temporary name, renamed once complete: a shard file that
+  exists is whole. Returns the number of examples written."""
   temporary = f'{path}.tmp-{os.getpid()}'
   count = 0
   with tf.io.TFRecordWriter(temporary) as writer:
-    needed = examples.map(lambda ex: {k: ex[k] for k in ('image', 'caption', 'id')})
-    for batch in needed.batch(batch_size).as_numpy_iterator():
+    for batch in batches:
       tokens = np.asarray(encode_images(batch['image']))
       for row in range(len(tokens)):
         writer.write(_serialize(tokens[row], batch['caption'][row], batch['id'][row]))
       count += len(tokens)
-  if count:
-    tf.io.gfile.rename(temporary, path, overwrite=True)
-  else:
-    tf.io.gfile.remove(temporary)
+  tf.io.gfile.rename(temporary, path, overwrite=True)
   return count
 
 
@@ -122,3 +135,26 @@ def register_pretokenized(name: str, output_dir: str, num_tokens: int,
 
 def _cast_tokens(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.map(lambda ex: dict(ex, image_tokens=tf.cast(ex['image_tokens'], tf.int32)))
+
+
+def main(argv=None) -> None:
+  p = cli.parser(__doc__)
+  p.add_argument('--tokenizer_dir', required=True, help='checkpoints of a trained tokenizer')
+  p.add_argument('--output_dir', required=True)
+  p.add_argument('--split', default='train')
+  p.add_argument('--examples_per_shard', type=int, default=4096)
+  p.add_argument('--batch_size', type=int, default=64)
+  p.add_argument('--max_examples', type=int, default=None,
+                 help='stop after this many per process (shapes is infinite)')
+  args = cli.parse_with_gin(p, argv)
+  task = configured.task_from_gin()
+  tokenizer = ImageTokenizer.from_checkpoint(args.tokenizer_dir)
+  examples = tasks.examples(task, args.split, jax.process_index(), jax.process_count())
+  summary = write_shards(examples, tokenizer.encode, args.output_dir, args.examples_per_shard,
+                         args.batch_size, args.max_examples, jax.process_index())
+  print(json.dumps(dict(summary, output_dir=args.output_dir,
+                        skipped=tasks.skip_counts(task.name))))
+
+
+if __name__ == '__main__':
+  cli.run(main)

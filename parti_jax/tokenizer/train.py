@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from parti_jax import checkpoints, cli, gin_utils, metrics, partitioning
+from parti_jax.data import configured as _registers_data_configurables  # noqa: F401 (gin)
 from parti_jax.errors import ConfigError
 from parti_jax.tokenizer import api, perceptual
 from parti_jax.tokenizer.config import VitVqganConfig
