@@ -27,6 +27,8 @@ setup(
         'seqio==0.0.20',
         'tensorflow-text==2.21.1',
         'tensorflow-datasets==4.9.10',
+        # tfds's dataset builders import it without declaring it.
+        'importlib_resources==7.1.0',
         'sentencepiece==0.2.3',
         'pillow==13.0.0',
         'numpy>=1.26,<3',

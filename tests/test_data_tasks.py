@@ -173,3 +173,31 @@ def test_pretokenize_command(tmp_path):
                        f'--output_dir={tmp_path / "x"}')
   assert missing.returncode == 2
   assert 'no data task is configured' in missing.stderr.strip().splitlines()[-1]
+
+
+def test_tfds_task_reads_a_locally_built_dataset(tmp_path):
+  """The tfds reader against a tiny COCO-shaped dataset built here (several
+  captions per image become one example each); nothing is downloaded."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  images = [np.full((40, 48, 3), 50 * i, np.uint8) for i in range(3)]
+  captions = [[f'image {i} caption {j}' for j in range(2)] for i in range(3)]
+  data = tf.data.Dataset.from_tensor_slices({'image': np.stack(images),
+                                             'captions': {'text': np.array(captions)}})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='tiny_captions', version='1.0.0', data_dir=str(tmp_path),
+      features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(40, 48, 3)),
+          'captions': tfds.features.Sequence({'text': tfds.features.Text()})}),
+      split_datasets={'train': data}, disable_shuffling=True)
+  task = tasks.register('test_tfds', {'train': tasks.tfds_reader(
+      'tiny_captions', 'train', data_dir=str(tmp_path))}, seqio.ByteVocabulary(),
+                        tasks.ImageOptions(size=SIZE), caption_dropout=0.0)
+  examples = list(tasks.examples(task).as_numpy_iterator())
+  assert [ex['caption'].decode() for ex in examples] == [c for pair in captions for c in pair]
+  assert all(ex['image'].shape == (SIZE, SIZE, 3) for ex in examples)
+  assert examples[2]['image'].mean() == pytest.approx(50, abs=1)
+  missing = tasks.register('test_tfds_missing', {'train': tasks.tfds_reader(
+      'tiny_captions', 'train', data_dir=str(tmp_path / 'nowhere'))}, seqio.ByteVocabulary())
+  with pytest.raises(Exception, match='not prepared'):
+    list(tasks.examples(missing).as_numpy_iterator())
