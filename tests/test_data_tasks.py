@@ -201,3 +201,21 @@ def test_tfds_task_reads_a_locally_built_dataset(tmp_path):
       'tiny_captions', 'train', data_dir=str(tmp_path / 'nowhere'))}, seqio.ByteVocabulary())
   with pytest.raises(Exception, match='not prepared'):
     list(tasks.examples(missing).as_numpy_iterator())
+
+
+def test_random_crops_are_deterministic_per_example(tmp_path):
+  """Same crop for the same example on every run; different examples get
+  different offsets (the images are identical horizontal ramps)."""
+  ramp = np.tile(np.linspace(0, 255, 80).astype(np.uint8)[None, :, None], (40, 1, 3))
+  with open(tmp_path / 'captions.jsonl', 'w') as f:
+    for i in range(8):
+      Image.fromarray(ramp).save(tmp_path / f'{i}.png')
+      f.write(json.dumps({'image': f'{i}.png', 'caption': f'ramp {i}'}) + '\n')
+  readers = {'train': tasks.folder_reader(str(tmp_path))}
+  options = tasks.ImageOptions(size=SIZE, crop='random')
+  runs = [[ex['image'] for ex in tasks.examples(tasks.register(
+      f'test_crop_{i}', readers, seqio.ByteVocabulary(), options)).as_numpy_iterator()]
+          for i in range(2)]
+  for a, b in zip(*runs):
+    np.testing.assert_array_equal(a, b)
+  assert len({int(image[0, 0, 0]) for image in runs[0]}) > 1

@@ -61,8 +61,8 @@ def prepared_examples(records: Iterator[Dict[str, Any]], options: ImageOptions,
       image = record['image']
       if isinstance(image, bytes):
         image = decode_image(image, key, min_side=options.min_side)
-      # Per-example crop randomness, keyed like the caption dropout.
-      rng = np.random.default_rng([seed, abs(hash_key(key))])
+      # Random crops draw from the example's own key, like the caption dropout.
+      rng = np.random.default_rng([seed, hash_key(key)]) if options.crop == 'random' else None
       image = resize_and_crop(image, options.size, options.crop, rng, options.resample)
     except BadExample as e:
       counter.skip(e)
@@ -75,7 +75,8 @@ def prepared_examples(records: Iterator[Dict[str, Any]], options: ImageOptions,
 
 
 def hash_key(key: str) -> int:
-  """A stable 63-bit hash of an example key (Python's hash() is salted per run)."""
+  """A stable, non-negative 63-bit hash of an example key (Python's hash() is
+  salted per run)."""
   return int(np.frombuffer(tf.strings.to_hash_bucket_fast([key], 2**63 - 1).numpy().tobytes(),
                            np.int64)[0])
 
