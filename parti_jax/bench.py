@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 from typing import Optional
 
@@ -19,7 +20,7 @@ import flax
 import jax
 import numpy as np
 
-from parti_jax import flops, partitioning, timing
+from parti_jax import checkpoints, flops, partitioning, timing
 from parti_jax.config import TransformerConfig
 from parti_jax.data.shapes import ShapesDataset
 from parti_jax.models import PartiModel
@@ -27,7 +28,7 @@ from parti_jax.tokenizer.api import ImageTokenizer
 from parti_jax.tokenizer.config import VitVqganConfig
 from parti_jax.tokenizer.model import VitVqgan
 from parti_jax.tokenizer.quantizer import code_statistics
-from parti_jax.trainer import Trainer, make_optimizer
+from parti_jax.trainer import Trainer, make_optimizer, state_items
 
 PRESETS = {
     # The reference shape of the issues: Parti's layout at a CPU-friendly size.
@@ -36,6 +37,12 @@ PRESETS = {
                     num_decoder_layers=6, max_text_length=64, image_grid=(16, 16),
                     image_vocab_size=8192, text_vocab_size=16000, dtype='float32'),
         batch_size=8),
+    # Parti-350M (gin_configs/models/parti_350m.gin) for accelerators.
+    'parti-350m': dict(
+        config=dict(emb_dim=1024, num_heads=16, mlp_dim=4096, num_encoder_layers=12,
+                    num_decoder_layers=12, max_text_length=128, image_grid=(32, 32),
+                    image_vocab_size=8192, text_vocab_size=16000, dtype='bfloat16'),
+        batch_size=16),
     'tiny': dict(
         config=dict(emb_dim=128, num_heads=4, mlp_dim=512, num_encoder_layers=2,
                     num_decoder_layers=2, max_text_length=32, image_grid=(8, 8),
@@ -55,11 +62,36 @@ def random_batch(cfg: TransformerConfig, batch_size: int, seed: int = 0) -> dict
               decoder_loss_weights=np.ones(image.shape, np.float32))
 
 
+CHECKPOINT_EVERY = 100
+
+
+def checkpoint_cost(current_state, step, step_time: float, overlap_steps: int = 3):
+  """(seconds the loop blocks in save(), seconds the save adds to the loop).
+
+  Saves the train state as train.py does, keeps stepping while the write runs
+  in the background, then waits for it: the added time is the wall time of
+  save + `overlap_steps` steps + wait, less those steps' normal time. Waiting
+  for the write (a real run overlaps it with the next 100 steps) makes this
+  an upper bound.
+  """
+  with tempfile.TemporaryDirectory() as directory:
+    checkpointer = checkpoints.Checkpointer(directory)
+    start = time.perf_counter()
+    checkpointer.save(1, state_items(current_state()))
+    blocked = time.perf_counter() - start
+    for _ in range(overlap_steps):
+      step()
+    checkpointer.wait()
+    extra = max(time.perf_counter() - start - overlap_steps * step_time, 0.0)
+    checkpointer.close()
+  return blocked, extra
+
+
 def bench_train(preset: dict, steps: int, dropout_rate: float, dtype: Optional[str]) -> dict:
   cfg = TransformerConfig(**dict(preset['config'], dtype=dtype or preset['config']['dtype']),
                           dropout_rate=dropout_rate)
   batch_size = preset['batch_size']
-  peak = timing.matmul_peak_flops(dtype=cfg.compute_dtype)
+  peak, peak_source = timing.device_peak_flops(cfg.compute_dtype)
   mesh_config = partitioning.MeshConfig()
   mesh = mesh_config.make_mesh()
   trainer = Trainer(PartiModel(cfg), make_optimizer(1e-4), mesh, mesh_config.rules)
@@ -78,6 +110,7 @@ def bench_train(preset: dict, steps: int, dropout_rate: float, dtype: Optional[s
   result = timing.measure(step, steps)
   step_time = result['median_s']
   flops_per_step = flops.train_flops(cfg, batch_size, cfg.max_text_length, cfg.image_length)
+  save_s, extra_s = checkpoint_cost(lambda: state, step, step_time)
   return {
       'benchmark': 'train',
       'step_time_s': step_time,
@@ -85,8 +118,13 @@ def bench_train(preset: dict, steps: int, dropout_rate: float, dtype: Optional[s
       'image_tokens_per_s': batch_size * cfg.image_length / step_time,
       'flops_per_step': flops_per_step,
       'peak_flops': peak,
-      'mfu': flops_per_step / step_time / peak,
+      'peak_source': peak_source,
+      'mfu': flops_per_step / step_time / (peak * jax.device_count()),
       'timing': result,
+      'checkpoint_save_s': save_s,
+      'checkpoint_extra_s': extra_s,
+      'checkpoint_overhead': extra_s / (CHECKPOINT_EVERY * step_time),
+      'checkpoint_every': CHECKPOINT_EVERY,
       'batch_size': batch_size,
       'config': dataclasses.asdict(cfg),
       'optimizer': 'adafactor',
@@ -122,7 +160,7 @@ def bench_tokenizer(preset: dict, steps: int, checkpoint_dir: Optional[str],
                                                       config.image_size, 3), np.uint8)
   ids = tokenizer.encode(images)
   jax.block_until_ready(tokenizer.decode(ids))
-  peak = timing.matmul_peak_flops(dtype=config.compute_dtype)
+  peak, peak_source = timing.device_peak_flops(config.compute_dtype)
   encode = timing.measure(lambda: jax.block_until_ready(tokenizer.encode(images)), steps)
   decode = timing.measure(lambda: jax.block_until_ready(tokenizer.decode(ids)), steps)
   pixels = config.patch_size**2 * 3
@@ -140,6 +178,7 @@ def bench_tokenizer(preset: dict, steps: int, checkpoint_dir: Optional[str],
       'encode_mfu': encode_flops / encode['median_s'] / peak,
       'decode_mfu': decode_flops / decode['median_s'] / peak,
       'encode_flops': encode_flops, 'decode_flops': decode_flops, 'peak_flops': peak,
+      'peak_source': peak_source,
       'encode_timing': encode, 'decode_timing': decode, 'batch_size': batch,
       'config': dataclasses.asdict(config), 'checkpoint_dir': checkpoint_dir,
   }
@@ -206,7 +245,7 @@ def bench_data(num_examples: int, image_size: int, batch_size: int) -> dict:
     shards = os.path.join(root, 'tokens')
     pretokenize.write_shards(tasks.examples(folder), random_tokens, shards, batch_size * 8,
                              batch_size)
-    pre = pretokenize.register_pretokenized('bench_pre', shards, num_tokens, vocabulary)
+    pre = tasks.register_pretokenized('bench_pre', shards, num_tokens, vocabulary)
     pre_rate, pre_timing = examples_per_s(pre, None)
   shapes_task = tasks.register('bench_shapes', {'train': tasks.shapes_reader(
       ShapesDataset(resolution=image_size))}, vocabulary, tasks.ImageOptions(size=image_size))
@@ -231,8 +270,9 @@ def main(argv=None) -> None:
   parser.add_argument('--steps', type=int, default=5, help='timed repetitions')
   parser.add_argument('--dropout_rate', type=float, default=0.0)
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default=None,
-                      help='matmul dtype (default: the preset\'s, float32); the peak is '
-                      'measured in the same dtype')
+                      help='matmul dtype (default: the preset\'s); the MFU peak is the '
+                      'datasheet bf16 peak on known accelerators, else a matmul measured in '
+                      'this dtype')
   parser.add_argument('--checkpoint_dir', default=None,
                       help='tokenizer: evaluate this trained tokenizer on held-out shapes')
   parser.add_argument('--eval_examples', type=int, default=512)

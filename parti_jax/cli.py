@@ -6,7 +6,7 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from parti_jax import gin_utils
-from parti_jax.errors import ConfigError
+from parti_jax.errors import ConfigError, TrainingStopped
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -55,10 +55,14 @@ def _show_progress_logs() -> None:
 
 def run(main: Callable[[Optional[Sequence[str]]], None],
         argv: Optional[Sequence[str]] = None) -> None:
-  """Calls main; a configuration mistake ends in one line on stderr, exit 2."""
+  """Calls main; a configuration mistake ends in one line on stderr and exit
+  status 2, a run that stopped itself in one line and status 1."""
   _show_progress_logs()
   try:
     main(argv)
   except (ConfigError, FileNotFoundError) as e:
     print(f'error: {gin_utils.one_line(e)}', file=sys.stderr)
     sys.exit(2)
+  except TrainingStopped as e:
+    print(f'stopped: {e}', file=sys.stderr)
+    sys.exit(1)

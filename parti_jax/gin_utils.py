@@ -28,6 +28,7 @@ MeshConfig = gin.external_configurable(partitioning.MeshConfig, 'MeshConfig')
 make_optimizer = gin.external_configurable(trainer.make_optimizer, 'make_optimizer')
 warmup_exponential_decay = gin.external_configurable(trainer.warmup_exponential_decay,
                                                      'warmup_exponential_decay')
+parti_schedule = gin.external_configurable(trainer.parti_schedule, 'parti_schedule')
 warmup_cosine = gin.external_configurable(trainer.warmup_cosine, 'warmup_cosine')
 ShapesDataset = gin.external_configurable(ShapesDataset, 'ShapesDataset')
 VitVqganConfig = gin.external_configurable(tokenizer_config.VitVqganConfig, 'VitVqganConfig')

@@ -62,6 +62,10 @@ class PartiModel:
     """Shapes and logical axes of the variables, allocating nothing."""
     return jax.eval_shape(self.init_variables, jax.random.key(0))
 
+  def abstract_params(self) -> PyTree:
+    """ShapeDtypeStructs of the (unboxed) parameters."""
+    return nn.unbox(self.abstract_variables())['params']
+
   def param_logical_axes(self) -> PyTree:
     """PartitionSpecs of logical axis names, one per parameter."""
     return nn.get_partition_spec(self.abstract_variables())['params']

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -87,3 +87,21 @@ def matmul_peak_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> flo
   f(a, a).block_until_ready()
   result = measure(lambda: f(a, a).block_until_ready(), repeats)
   return 2.0 * n**3 / result['min_s']
+
+
+# Dense bfloat16 peak FLOP/s per chip, from the vendors' datasheets.
+_DATASHEET_BF16_PEAKS = (('TPU v4', 275e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12),
+                         ('TPU v6 lite', 918e12), ('H100', 989e12), ('H200', 989e12),
+                         ('A100', 312e12))
+
+
+def device_peak_flops(dtype) -> Tuple[float, str]:
+  """(peak FLOP/s of one device for matmuls in `dtype`, where it came from):
+  the datasheet for bfloat16 on known accelerators, otherwise a measured
+  matmul (CPUs, float32)."""
+  kind = jax.devices()[0].device_kind
+  if jnp.dtype(dtype) == jnp.bfloat16:
+    for name, peak in _DATASHEET_BF16_PEAKS:
+      if name in kind:
+        return peak, f'datasheet bf16 peak of {kind}'
+  return matmul_peak_flops(dtype=dtype), f'measured matmul on {kind}'

@@ -50,6 +50,30 @@ def run_module(module: str, *args: str, timeout: int = 300):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def write_random_tokenizer(directory, image_size: int, patch_size: int,
+                           codebook_size: int = 64) -> None:
+  """A tiny, randomly initialized tokenizer checkpoint: deterministic codes
+  for the data and training paths, without training one."""
+  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp
+  from flax import linen as nn
+  from parti_jax.checkpoints import Checkpointer
+  from parti_jax.tokenizer import api
+  from parti_jax.tokenizer.config import VitVqganConfig
+  from parti_jax.tokenizer.model import VitVqgan
+  # pylint: enable=import-outside-toplevel
+  config = VitVqganConfig(image_size=image_size, patch_size=patch_size, encoder_layers=1,
+                          encoder_dim=16, encoder_heads=2, encoder_mlp_dim=32, decoder_layers=1,
+                          decoder_dim=16, decoder_heads=2, decoder_mlp_dim=32,
+                          codebook_size=codebook_size, lookup_dim=4)
+  params = nn.unbox(VitVqgan(config).init(jax.random.key(0),
+                                          jnp.zeros((1, image_size, image_size, 3))))
+  checkpointer = Checkpointer(str(directory))
+  checkpointer.save(1, {'generator': params['params']},
+                    {api.CONFIG_KEY: api.config_to_json(config)})
+  checkpointer.close()
+
+
 @pytest.fixture(scope='session')
 def eight_devices():
   devices = jax.devices()

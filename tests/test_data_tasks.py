@@ -11,6 +11,7 @@ from PIL import Image
 from parti_jax.data import pretokenize, tasks
 from parti_jax.data.pipeline import ModelBatches
 from parti_jax.data.shapes import ShapesDataset
+from tests.conftest import run_module, write_random_tokenizer
 
 SIZE = 32
 
@@ -103,7 +104,7 @@ def test_pretokenized_task_equals_on_the_fly(tmp_path):
   summary = pretokenize.write_shards(tasks.examples(task), fake_tokenizer, str(tmp_path), 8,
                                      batch_size=4, max_examples=20)
   assert summary == {'shards': 3, 'examples': 20}
-  pre = pretokenize.register_pretokenized('test_pre', str(tmp_path), 16, seqio.ByteVocabulary(),
+  pre = tasks.register_pretokenized('test_pre', str(tmp_path), 16, seqio.ByteVocabulary(),
                                           max_text_length=32, caption_dropout=0.3, seed=7)
   fly_batches = make_batches(task)
   pre_batches = ModelBatches(lambda: tasks.examples(pre), batch_size=4, text_length=32,
@@ -137,28 +138,12 @@ def test_pretokenize_resumes_and_never_trusts_partial_files(tmp_path):
 
 def test_missing_pretokenized_shards_are_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='no pre-tokenized shards'):
-    pretokenize.register_pretokenized('test_none', str(tmp_path), 16, seqio.ByteVocabulary())
+    tasks.register_pretokenized('test_none', str(tmp_path), 16, seqio.ByteVocabulary())
 
 
 def test_pretokenize_command(tmp_path):
   """The CLI over a gin-configured folder task with a (random) tiny tokenizer."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from flax import linen as nn  # pylint: disable=import-outside-toplevel
-  from parti_jax.checkpoints import Checkpointer  # pylint: disable=import-outside-toplevel
-  from parti_jax.tokenizer import api  # pylint: disable=import-outside-toplevel
-  from parti_jax.tokenizer.config import VitVqganConfig  # pylint: disable=import-outside-toplevel
-  from parti_jax.tokenizer.model import VitVqgan  # pylint: disable=import-outside-toplevel
-  from tests.conftest import run_module  # pylint: disable=import-outside-toplevel
-
-  config = VitVqganConfig(image_size=SIZE, patch_size=8, encoder_layers=1, encoder_dim=16,
-                          encoder_heads=2, encoder_mlp_dim=32, decoder_layers=1, decoder_dim=16,
-                          decoder_heads=2, decoder_mlp_dim=32, codebook_size=64, lookup_dim=4)
-  params = nn.unbox(VitVqgan(config).init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))))
-  checkpointer = Checkpointer(str(tmp_path / 'tokenizer'))
-  checkpointer.save(1, {'generator': params['params']},
-                    {api.CONFIG_KEY: api.config_to_json(config)}, force=True)
-  checkpointer.close()
+  write_random_tokenizer(tmp_path / 'tokenizer', SIZE, patch_size=8)
   write_folder(tmp_path / 'photos', 6)
   result = run_module('parti_jax.data.pretokenize', '--gin_file=data/folder.gin',
                       f'--gin.DATA_ROOT="{tmp_path / "photos"}"', f'--gin.data_task.image_size={SIZE}',

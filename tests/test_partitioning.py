@@ -2,7 +2,6 @@
 import flax.linen as nn
 import jax
 import numpy as np
-import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 

@@ -1,6 +1,7 @@
 """Schedules and optimizer settings against their formulas; training lowers the loss."""
 import jax
 import numpy as np
+import optax
 import pytest
 
 from parti_jax import partitioning
@@ -8,7 +9,7 @@ from parti_jax.demo import synthetic_token_batches
 from parti_jax.errors import ConfigError
 from parti_jax.models import PartiModel
 from parti_jax.trainer import Trainer, make_optimizer, warmup_exponential_decay
-from tests.conftest import small_config
+from tests.conftest import small_config, token_batch
 
 
 def test_parti_schedule_matches_the_paper():
@@ -53,3 +54,77 @@ def test_training_lowers_the_loss(optimizer):
   assert int(state.step) == 60
   assert np.isfinite(losses).all()
   assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+
+
+def _one_device_trainer(cfg, **kwargs):
+  """Plain SGD, so parameters after one step compare gradients directly (Adam's
+  first step divides out their magnitude, amplifying rounding)."""
+  config = partitioning.MeshConfig(data=1)
+  mesh = config.make_mesh(jax.devices()[:1])
+  trainer = Trainer(PartiModel(cfg), optax.sgd(1.0), mesh, config.rules, **kwargs)
+  return trainer, mesh, config.rules
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+  """Four microbatches of 2 give the update of one batch of 8, with uneven
+  token counts (some loss weights zero) weighted exactly."""
+  cfg = small_config()
+  batch = token_batch(cfg, 8, seed=3)
+  batch['decoder_loss_weights'][1, :5] = 0.0
+  results = []
+  for steps in (1, 4):
+    trainer, mesh, rules = _one_device_trainer(cfg, accumulate_steps=steps)
+    state = trainer.init_state()
+    state, metrics = trainer.train_step(state, partitioning.host_to_global_batch(batch, mesh,
+                                                                                 rules))
+    results.append((jax.device_get(state.params), jax.device_get(metrics)))
+  (full_params, full), (acc_params, acc) = results
+  for key in ('loss', 'accuracy', 'num_tokens', 'grad_norm'):
+    np.testing.assert_allclose(acc[key], full[key], rtol=1e-5, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               acc_params, full_params)
+
+
+def test_accumulation_refuses_an_uneven_split():
+  cfg = small_config()
+  trainer, mesh, rules = _one_device_trainer(cfg, accumulate_steps=3)
+  with pytest.raises(ConfigError, match='does not split into 3 microbatches'):
+    trainer.train_step(trainer.init_state(),
+                       partitioning.host_to_global_batch(token_batch(cfg, 8), mesh, rules))
+
+
+def test_a_nonfinite_update_is_never_applied():
+  cfg = small_config()
+  trainer, mesh, rules = _one_device_trainer(cfg)
+  state = trainer.init_state()
+  poisoned = jax.tree.map(np.array, jax.device_get(state))
+  poisoned.params['decoder']['logits']['kernel'][0, 0] = np.nan
+  state = jax.device_put(poisoned, trainer.state_shardings)
+  batch = partitioning.host_to_global_batch(token_batch(cfg, 4), mesh, rules)
+  state, metrics = trainer.train_step(state, batch)
+  assert float(metrics['nonfinite']) == 1.0
+  assert int(state.step) == 1
+  after = jax.device_get(state)
+  jax.tree.map(np.testing.assert_array_equal, after.params, poisoned.params)
+  jax.tree.map(np.testing.assert_array_equal, after.opt_state, poisoned.opt_state)
+
+
+def test_parti_schedule_at_450k_steps_is_the_papers():
+  from parti_jax.trainer import parti_schedule  # pylint: disable=import-outside-toplevel
+  stretched = parti_schedule(4.5e-5, 450_000)
+  paper = warmup_exponential_decay(4.5e-5, 5000, 85000, 450000, 0.025)
+  for step in (0, 2499, 5000, 85000, 200000, 450000):
+    np.testing.assert_allclose(stretched(step), paper(step), rtol=1e-6)
+  short = parti_schedule(1e-3, 900)  # 10 warm-up steps, decay from step 170.
+  np.testing.assert_allclose(short(9), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(short(170), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(short(900), 2.5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['adafactor', 'adamw'])
+def test_weight_decay_is_scaled_by_the_learning_rate(name):
+  """With a zero gradient, one step shrinks each weight by lr * wd, not wd."""
+  params = {'w': np.full((64, 64), 2.0, np.float32)}
+  opt = make_optimizer(1e-2, name=name, weight_decay=0.5, clip_grad_norm=None)
+  updates, _ = opt.update({'w': np.zeros((64, 64), np.float32)}, opt.init(params), params)
+  np.testing.assert_allclose(updates['w'], -1e-2 * 0.5 * 2.0, rtol=1e-5)

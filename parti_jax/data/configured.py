@@ -41,21 +41,55 @@ def data_task(name: str = gin.REQUIRED, reader: tasks.Reader = gin.REQUIRED,
 
 
 @gin.configurable
+def pretokenized_task(name: str = gin.REQUIRED, directory: str = gin.REQUIRED,
+                      num_tokens: int = gin.REQUIRED, validation_directory: Optional[str] = None,
+                      vocabulary: Optional[str] = None, max_text_length: int = 128,
+                      caption_dropout: float = 0.1, seed: int = 0) -> seqio.Task:
+  """Registers a task over the shards `python -m parti_jax.data.pretokenize`
+  wrote; the text settings must match the task that was pre-tokenized."""
+  return tasks.register_pretokenized(
+      name, directory, num_tokens, vocab.load_vocabulary(vocabulary), max_text_length,
+      caption_dropout, seed, validation_dir=validation_directory)
+
+
+@gin.configurable
 def _configured_task(task: seqio.Task = gin.REQUIRED) -> seqio.Task:
   return task
 
 
-def task_from_gin() -> seqio.Task:
-  """The task the gin macro TASK names (set by the files in gin_configs/data/)."""
+# The text length of every task constructor, which must equal the model's.
+_TEXT_LENGTH_BINDINGS = ('data_task.max_text_length', 'pretokenized_task.max_text_length')
+
+
+def _bind_text_length(text_length: int) -> None:
+  """Captions are cut to the model's input length unless the gin files say
+  otherwise, in which case the two must agree."""
+  for name in _TEXT_LENGTH_BINDINGS:
+    try:
+      bound = gin.query_parameter(name)
+    except ValueError:  # Not bound: follow the model.
+      with gin.unlock_config():
+        gin.bind_parameter(name, text_length)
+      continue
+    if bound != text_length:
+      raise ConfigError(f'{name} = {bound} but the model reads {text_length} text tokens '
+                        '(TransformerConfig.max_text_length); make them equal')
+
+
+def task_from_gin(text_length: Optional[int] = None) -> seqio.Task:
+  """The task the gin macro TASK names (set by the files in gin_configs/data/),
+  its captions cut to `text_length` tokens when given."""
   try:
     gin.query_parameter('TASK/macro.value')
   except ValueError as e:
     raise ConfigError('no data task is configured: pass a gin file from gin_configs/data/ '
                       '(for example --gin_file=data/shapes.gin)') from e
+  if text_length is not None:
+    _bind_text_length(text_length)
   with gin.unlock_config():
     gin.parse_config('_configured_task.task = %TASK')
   return _configured_task()
 
 
-__all__ = ['ShapesDataset', 'data_task', 'task_from_gin', 'folder_reader', 'shapes_reader', 'tar_reader',
+__all__ = ['ShapesDataset', 'data_task', 'pretokenized_task', 'task_from_gin', 'folder_reader', 'shapes_reader', 'tar_reader',
            'tfds_reader', 'tfrecord_reader']

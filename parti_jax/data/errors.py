@@ -100,3 +100,7 @@ class SkipCounter:
 def format_counts(counts: Dict[str, int]) -> str:
   """{'missing_image': 2} -> 'missing_image 2'; {} -> 'none'."""
   return ', '.join(f'{reason} {count}' for reason, count in sorted(counts.items())) or 'none'
+
+
+class PipelineError(RuntimeError):
+  """The input pipeline failed (TensorFlow's message, without its frames)."""

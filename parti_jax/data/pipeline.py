@@ -15,6 +15,7 @@ from parti_jax import tf_setup  # pylint: disable=g-bad-import-order (before Ten
 import tensorflow as tf  # pylint: disable=g-bad-import-order
 
 from parti_jax.data import features
+from parti_jax.data.errors import PipelineError
 
 # uint8 images [B, S, S, 3] -> int token ids [B, N], e.g. ImageTokenizer.encode.
 ImageEncoder = Callable[[np.ndarray], Any]
@@ -51,6 +52,12 @@ class ModelBatches:
         name: padded.get(name, s.shape) for name, s in spec.items()}, drop_remainder=True)
     return iter(dataset.prefetch(2).as_numpy_iterator())
 
+  def close(self) -> None:
+    """Stops the input threads now. Left to interpreter exit (say, when an
+    error propagates), TensorFlow's prefetch threads can wait forever for the
+    Python reader they call, and the process hangs instead of exiting."""
+    self._iterator = None
+
   def state(self) -> Dict[str, int]:
     return {'position': self.position}
 
@@ -58,7 +65,15 @@ class ModelBatches:
     return self
 
   def __next__(self) -> Dict[str, np.ndarray]:
-    examples = next(self._iterator)
+    try:
+      examples = next(self._iterator)
+      failure = None
+    except tf.errors.OpError as e:
+      failure = e.message
+    if failure is not None:
+      # Raised outside the handler, so no traceback keeps TensorFlow's frames
+      # (and through them the iterator) alive: close() can then stop it.
+      raise PipelineError(f'the input pipeline failed: {failure}')
     self.position += self.batch_size
     if 'image_tokens' in examples:
       image_tokens = examples['image_tokens']

@@ -13,7 +13,6 @@ than its tokens; reading it back tokenizes and drops captions exactly as the
 on-the-fly path does (same vocabulary, same per-example dropout), so both paths
 yield identical batches.
 """
-import functools
 import itertools
 import json
 import logging
@@ -24,7 +23,6 @@ import numpy as np
 
 from parti_jax import tf_setup  # pylint: disable=g-bad-import-order (before TensorFlow)
 
-import seqio  # pylint: disable=g-bad-import-order
 import tensorflow as tf  # pylint: disable=g-bad-import-order
 
 import jax  # pylint: disable=g-bad-import-order
@@ -102,39 +100,6 @@ def _write_shard(batches, encode_images, path: str) -> int:
       count += len(tokens)
   tf.io.gfile.rename(temporary, path, overwrite=True)
   return count
-
-
-def register_pretokenized(name: str, output_dir: str, num_tokens: int,
-                          vocabulary: seqio.Vocabulary, max_text_length: int = 128,
-                          caption_dropout: float = 0.1, seed: int = 0) -> seqio.Task:
-  """A task over the shards in `output_dir`, with the on-the-fly task's text
-  processing; its examples carry 'image_tokens' instead of 'image'."""
-  pattern = os.path.join(output_dir, 'tokens-*.tfrecord')
-  if not tf.io.gfile.glob(pattern):
-    raise FileNotFoundError(f'no pre-tokenized shards match {pattern}; run '
-                            'python -m parti_jax.data.pretokenize first')
-  if name in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove(name)
-  return seqio.TaskRegistry.add(
-      name,
-      source=seqio.TFExampleDataSource({'train': pattern}, feature_description={
-          'image_tokens': tf.io.FixedLenFeature([num_tokens], tf.int64),
-          'caption': tf.io.FixedLenFeature([], tf.string),
-          'id': tf.io.FixedLenFeature([], tf.string)}),
-      output_features={'text_tokens': seqio.Feature(vocabulary, add_eos=False),
-                       'image_tokens': seqio.Feature(seqio.PassThroughVocabulary(1),
-                                                     add_eos=False)},
-      preprocessors=[
-          _cast_tokens,
-          functools.partial(tasks.tokenize_captions, vocabulary=vocabulary,
-                            max_length=max_text_length),
-          functools.partial(tasks.drop_captions, rate=caption_dropout, seed=seed),
-      ],
-      shuffle_buffer_size=None)
-
-
-def _cast_tokens(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  return dataset.map(lambda ex: dict(ex, image_tokens=tf.cast(ex['image_tokens'], tf.int32)))
 
 
 def main(argv=None) -> None:

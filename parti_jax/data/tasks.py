@@ -14,7 +14,8 @@ from a pre-tokenized task. Bad examples are skipped and counted per task
 """
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+import os
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import numpy as np
 
@@ -201,3 +202,46 @@ def examples(task: seqio.Task, split: str = 'train', shard_index: int = 0,
   """The task's examples for one host, in the source's order."""
   return task.get_dataset(split=split, shuffle=False, num_epochs=1, trim_output_features=False,
                           shard_info=seqio.ShardInfo(shard_index, num_shards))
+
+
+def _shard_pattern(directory: str) -> str:
+  # pretokenize.py names its shards tokens-pPPP-SSSSS.tfrecord.
+  pattern = os.path.join(directory, 'tokens-*.tfrecord')
+  if not tf.io.gfile.glob(pattern):
+    raise FileNotFoundError(f'no pre-tokenized shards match {pattern}; run '
+                            'python -m parti_jax.data.pretokenize first')
+  return pattern
+
+
+def register_pretokenized(name: str, output_dir: str, num_tokens: int,
+                          vocabulary: seqio.Vocabulary, max_text_length: int = 128,
+                          caption_dropout: float = 0.1, seed: int = 0,
+                          validation_dir: Optional[str] = None) -> seqio.Task:
+  """A task over the shards in `output_dir` (and, as its 'validation' split,
+  `validation_dir`), with the on-the-fly task's text processing; its examples
+  carry 'image_tokens' instead of 'image'."""
+  splits = {'train': _shard_pattern(output_dir)}
+  if validation_dir:
+    splits['validation'] = _shard_pattern(validation_dir)
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name,
+      source=seqio.TFExampleDataSource(splits, feature_description={
+          'image_tokens': tf.io.FixedLenFeature([num_tokens], tf.int64),
+          'caption': tf.io.FixedLenFeature([], tf.string),
+          'id': tf.io.FixedLenFeature([], tf.string)}),
+      output_features={'text_tokens': seqio.Feature(vocabulary, add_eos=False),
+                       'image_tokens': seqio.Feature(seqio.PassThroughVocabulary(1),
+                                                     add_eos=False)},
+      preprocessors=[
+          _cast_tokens,
+          functools.partial(tokenize_captions, vocabulary=vocabulary,
+                            max_length=max_text_length),
+          functools.partial(drop_captions, rate=caption_dropout, seed=seed),
+      ],
+      shuffle_buffer_size=None)
+
+
+def _cast_tokens(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  return dataset.map(lambda ex: dict(ex, image_tokens=tf.cast(ex['image_tokens'], tf.int32)))

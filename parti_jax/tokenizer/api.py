@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from parti_jax.checkpoints import Checkpointer, abstract_like
-from parti_jax.errors import ConfigError
+from parti_jax.checkpoints import restore_for_inference
 from parti_jax.tokenizer.config import VitVqganConfig
 from parti_jax.tokenizer.model import VitVqgan
 
@@ -34,23 +33,17 @@ def config_from_json(values: dict) -> VitVqganConfig:
 
 def load_generator(checkpoint_dir: str,
                    step: Optional[int] = None) -> Tuple[VitVqganConfig, PyTree]:
-  """The config and generator parameters (on the default device) of a checkpoint."""
-  checkpointer = Checkpointer(checkpoint_dir)
-  if checkpointer.latest_step() is None:
-    raise ConfigError(f'no tokenizer checkpoint in {checkpoint_dir}')
-  metadata = checkpointer.metadata(step)
-  if CONFIG_KEY not in metadata:
-    raise ConfigError(f'{checkpoint_dir} is not a tokenizer checkpoint (no {CONFIG_KEY})')
-  config = config_from_json(metadata[CONFIG_KEY])
-  model = VitVqgan(config)
-  size = config.image_size
-  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0),
-                                                      jnp.zeros((1, size, size, 3)))))['params']
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  params = checkpointer.restore({'generator': abstract_like(
-      shapes, jax.tree.map(lambda _: device, shapes))}, step)['generator']
-  checkpointer.close()
-  return config, params
+  """The config and generator parameters (on this process's first device) of a checkpoint."""
+
+  def abstract_generator(values: dict) -> PyTree:
+    config = config_from_json(values)
+    size = config.image_size
+    return jax.eval_shape(lambda: nn.unbox(VitVqgan(config).init(
+        jax.random.key(0), jnp.zeros((1, size, size, 3)))))['params']
+
+  values, params = restore_for_inference(checkpoint_dir, 'generator', CONFIG_KEY, 'tokenizer',
+                                         abstract_generator, step)
+  return config_from_json(values), params
 
 
 class ImageTokenizer:

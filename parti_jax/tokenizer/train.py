@@ -8,7 +8,6 @@ Resumes from the latest checkpoint in MODEL_DIR/checkpoints; writes the
 operative gin config, TensorBoard summaries (losses, PSNR, codebook usage,
 perplexity, reconstructions) and, at the end, one JSON line of held-out metrics.
 """
-import dataclasses
 import json
 import logging
 import os

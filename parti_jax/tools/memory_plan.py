@@ -9,14 +9,12 @@ and are split by the mesh preset's logical-axis rules exactly as training
 splits them. Parameters, gradients and optimizer states are exact; activations
 are an estimate (see `activation_bytes`).
 """
-import dataclasses
 import json
 import math
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from parti_jax import cli, gin_utils, partitioning, trainer

@@ -1,0 +1,220 @@
+"""The training job end to end: loss falls, exact resume after SIGKILL,
+SIGTERM saves and exits, damaged checkpoints are skipped, two processes train
+together, and configuration mistakes end in one line.
+
+Runs are subprocesses of `python -m parti_jax.train` at a very small size:
+16x16 shapes images, a random 4x4-patch tokenizer (16 tokens from 64 codes)
+and parti_tiny shrunk to that grid, on the 8 fake CPU devices.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from parti_jax import checkpoints, export, partitioning
+from parti_jax.models import PartiModel
+from parti_jax.trainer import Trainer, make_optimizer
+from tests.conftest import REPO, run_module, small_config, write_random_tokenizer
+
+STEPS = 6
+
+
+@pytest.fixture(scope='module')
+def tokenizer_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('tokenizer')
+  write_random_tokenizer(directory, image_size=16, patch_size=4, codebook_size=64)
+  return directory
+
+
+def train_args(model_dir, tokenizer, steps=STEPS, *extra):
+  return ('--gin_file=models/parti_tiny.gin', '--gin_file=runs/pretrain_tiny.gin',
+          '--gin_file=data/shapes.gin', f'--gin.MODEL_DIR="{model_dir}"',
+          f'--gin.TRAIN_STEPS={steps}', '--gin.BATCH_SIZE=8',
+          '--gin.TransformerConfig.image_grid=(4, 4)',
+          '--gin.TransformerConfig.image_vocab_size=64', '--gin.ShapesDataset.resolution=16',
+          '--gin.data_task.image_size=16', f'--gin.train.tokenizer_dir="{tokenizer}"',
+          '--gin.train.checkpoint_every=2', '--gin.train.log_every=1',
+          '--gin.train.eval_every=1000', '--gin.train.peak_flops_per_device=1e11', *extra)
+
+
+def run_train(*args, timeout=300):
+  result = run_module('parti_jax.train', *args, timeout=timeout)
+  return result
+
+
+def final_metrics(result):
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def exported_params(model_dir):
+  config, params = export.load_exported(os.path.join(model_dir, 'params'))
+  step = checkpoints.Checkpointer(os.path.join(model_dir, 'params')).latest_step()
+  assert config.image_grid == (4, 4)
+  return step, jax.device_get(params)
+
+
+def hook_gin_file(tmp_path, at_step, signal_name):
+  path = tmp_path / f'{signal_name}.gin'
+  path.write_text('import tests.train_hooks\n'
+                  'train.sample_fn = @send_signal_at\n'
+                  'train.sample_every = 1\n'
+                  f'send_signal_at.at_step = {at_step}\n'
+                  f"send_signal_at.signal_name = '{signal_name}'\n")
+  return f'--gin_file={path}'
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory, tokenizer_dir):
+  """An uninterrupted run of STEPS steps."""
+  model_dir = tmp_path_factory.mktemp('reference')
+  result = run_train(*train_args(model_dir, tokenizer_dir))
+  return model_dir, final_metrics(result), result
+
+
+def test_loss_falls_and_outputs_are_written(reference_run, tokenizer_dir, tmp_path):
+  model_dir, _, _ = reference_run
+  del model_dir
+  longer = tmp_path / 'longer'
+  result = run_train(*train_args(longer, tokenizer_dir, 40, '--gin.train.log_every=10'))
+  metrics = final_metrics(result)
+  losses = [float(line.split('loss ')[1].split()[0]) for line in result.stderr.splitlines()
+            if ' loss ' in line and 'step ' in line]
+  assert len(losses) == 4, result.stderr[-2000:]
+  assert losses[-1] < 0.7 * losses[0], losses
+  assert metrics['step'] == 40 and np.isfinite(metrics['loss'])
+  for key in ('accuracy', 'learning_rate', 'grad_norm', 'steps_per_s', 'target_tokens_per_s',
+              'mfu', 'skipped_updates'):
+    assert key in metrics, key
+  assert 'eval/loss' in metrics  # shapes has a validation split
+  operative = (longer / 'config.gin').read_text()
+  assert 'BATCH_SIZE = 8' in operative and 'train.batch_size = %BATCH_SIZE' in operative
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(longer))
+  step, _ = exported_params(longer)
+  assert step == 40
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(reference_run, tokenizer_dir, tmp_path):
+  model_dir, reference, _ = reference_run
+  killed = tmp_path / 'killed'
+  result = run_train(*train_args(killed, tokenizer_dir),
+                     hook_gin_file(tmp_path, at_step=5, signal_name='SIGKILL'))
+  assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+  saved = checkpoints.Checkpointer(str(killed / 'checkpoints'))
+  assert saved.latest_step() in (2, 4)  # Step 4's async save may or may not have finished.
+  saved.close()
+  resumed = run_train(*train_args(killed, tokenizer_dir))
+  metrics = final_metrics(resumed)
+  assert 'resumed from step' in resumed.stderr
+  assert metrics['loss'] == pytest.approx(reference['loss'], abs=1e-6)
+  _, expected = exported_params(model_dir)
+  step, actual = exported_params(killed)
+  assert step == STEPS
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), actual, expected)
+  examples_seen = checkpoints.Checkpointer(str(killed / 'checkpoints')).metadata()['examples_seen']
+  assert examples_seen == STEPS * 8
+
+
+def test_sigterm_saves_the_step_reached_and_exits_143(tokenizer_dir, tmp_path):
+  model_dir = tmp_path / 'preempted'
+  result = run_train(*train_args(model_dir, tokenizer_dir),
+                     hook_gin_file(tmp_path, at_step=3, signal_name='SIGTERM'))
+  assert result.returncode == 143, result.stderr[-2000:]
+  assert 'preempted: saved step 3' in result.stderr
+  saved = checkpoints.Checkpointer(str(model_dir / 'checkpoints'))
+  assert saved.latest_step() == 3
+  assert saved.metadata()['examples_seen'] == 3 * 8
+  saved.close()
+
+
+def test_a_damaged_latest_checkpoint_is_skipped(reference_run, tokenizer_dir, tmp_path):
+  model_dir, _, _ = reference_run
+  copy = tmp_path / 'damaged'
+  subprocess.run(['cp', '-r', str(model_dir), str(copy)], check=True)
+  params_dir = copy / 'checkpoints' / str(STEPS) / 'params'
+  files = [os.path.join(root, name) for root, _, names in os.walk(params_dir) for name in names]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, 'r+b') as f:
+    f.truncate(os.path.getsize(largest) // 2)
+  result = run_train(*train_args(copy, tokenizer_dir, STEPS + 2))
+  final_metrics(result)
+  assert f'checkpoint {copy / "checkpoints"}/{STEPS} is damaged' in result.stderr
+  assert f'resumed from step {STEPS - 2}' in result.stderr
+
+
+@pytest.mark.parametrize('target_mesh', [dict(data=1), dict(data=4, model=2)])
+def test_checkpoint_restores_on_another_mesh(eight_devices, tmp_path, target_mesh):
+  """Written on a 2x4 (data x model) mesh of 8 devices; restored on 1 device
+  and on a 4x2 mesh with the same values."""
+  cfg = small_config()
+
+  def make_trainer(devices, **axes):
+    config = partitioning.MeshConfig(preset='data_model', **axes)
+    return Trainer(PartiModel(cfg), make_optimizer(1e-3), config.make_mesh(devices),
+                   config.rules)
+
+  writer = make_trainer(eight_devices, data=2, model=4)
+  state = writer.init_state()
+  saver = checkpoints.Checkpointer(str(tmp_path))
+  items = {'params': state.params, 'opt_state': state.opt_state}
+  saver.save(1, items)
+  saver.close()
+  devices = eight_devices[:1] if target_mesh == dict(data=1) else eight_devices
+  reader = make_trainer(devices, **target_mesh)
+  abstract = checkpoints.abstract_like(
+      {'params': reader.abstract_state().params, 'opt_state': reader.abstract_state().opt_state},
+      {'params': reader.state_shardings.params, 'opt_state': reader.state_shardings.opt_state})
+  restored = checkpoints.Checkpointer(str(tmp_path)).restore(abstract)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(items))
+  leaf = jax.tree.leaves(restored['params'])[0]
+  assert leaf.sharding.mesh.devices.size == len(devices)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_together(tokenizer_dir, tmp_path):
+  """jax.distributed over two local processes (2 CPU devices each): they agree
+  on the loss, write one checkpoint, and one process alone restores it."""
+  model_dir = tmp_path / 'two_hosts'
+  port = _free_port()
+  env = dict(os.environ, PYTHONPATH=REPO,
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'parti_jax.train',
+       *train_args(model_dir, tokenizer_dir, 4),
+       f"--gin.initialize.coordinator_address='127.0.0.1:{port}'",
+       '--gin.initialize.num_processes=2', f'--gin.initialize.process_id={i}'],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=400) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  losses = [json.loads(out.strip().splitlines()[-1])['loss'] for out, _ in outputs]
+  assert losses[0] == losses[1]
+  assert 'process 0 of 2; 2 local and 4 global devices' in outputs[0][1]
+  saved = checkpoints.Checkpointer(str(model_dir / 'checkpoints'))
+  assert saved.latest_step() == 4 and saved.metadata()['examples_seen'] == 4 * 8
+  saved.close()
+  step, params = exported_params(model_dir)
+  assert step == 4 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--gin.train.no_such_setting=1',), 'no_such_setting'),
+    (('--gin_file=runs/no_such_file.gin',), 'gin file not found: runs/no_such_file.gin'),
+])
+def test_configuration_mistakes_end_in_one_line(tmp_path, tokenizer_dir, args, message):
+  result = run_train(*train_args(tmp_path, tokenizer_dir), *args)
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
