@@ -34,7 +34,9 @@ setup(
         'numpy>=1.26,<3',
     ],
     extras_require={
-        'test': ['pytest>=8', 'scipy>=1.11'],
+        'test': ['pytest>=8', 'scipy>=1.11', 'scikit-image==0.26.0'],
+        # scikit-image's sample photographs, for parti_jax.tools.photo_crops.
+        'photos': ['scikit-image==0.26.0'],
         'tpu': [f'jax[tpu]=={JAX}'],
         'gpu': [f'jax[cuda12]=={JAX}'],
         'notebook': ['jupyter', 'nbclient', 'ipykernel', 'papermill', 'matplotlib'],

@@ -64,5 +64,5 @@ def run(main: Callable[[Optional[Sequence[str]]], None],
     print(f'error: {gin_utils.one_line(e)}', file=sys.stderr)
     sys.exit(2)
   except TrainingStopped as e:
-    print(f'stopped: {e}', file=sys.stderr)
+    print(f'stopped: {gin_utils.one_line(e)}', file=sys.stderr)
     sys.exit(1)

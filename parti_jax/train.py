@@ -137,7 +137,8 @@ def train(task=None, model_dir: str = gin.REQUIRED, model: PartiModel = gin.REQU
   if batch_size % jax.process_count():
     raise ConfigError(f'batch_size {batch_size} does not split over {jax.process_count()} '
                       'processes')
-  task = task or configured.task_from_gin(model.config.max_text_length)
+  task = task or configured.task_from_gin(model.config.max_text_length,
+                                         model.config.image_length)
   primary = jax.process_index() == 0
   mesh_config = gin_utils.MeshConfig()
   mesh = mesh_config.make_mesh()

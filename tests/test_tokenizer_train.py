@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from parti_jax.tokenizer import api
 from tests.conftest import run_module
@@ -67,3 +68,31 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
                       f'--gin.train_tokenizer.init_from="{tmp_path / "nothing"}"')
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith('error: no tokenizer checkpoint in')
+
+
+def test_training_on_a_folder_of_photo_crops(tmp_path):
+  """The tokenizer trains on the user's own images (data/folder.gin), held-out
+  metrics from the validation folder; crops as photo_crops writes them."""
+  from parti_jax.tools import photo_crops  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  photos = {f'photo{i}': rng.integers(0, 256, (48, 40, 3), np.uint8) for i in range(3)}
+  assert photo_crops.write_crops(photos, str(tmp_path / 'train'), 32, 4, seed=0) == 12
+  assert photo_crops.write_crops({'other': photos.pop('photo0')}, str(tmp_path / 'held_out'),
+                                 32, 8, seed=1) == 8
+  folder = [arg for arg in MICRO if 'shapes' not in arg.lower()] + [
+      '--gin_file=data/folder.gin', f'--gin.DATA_ROOT="{tmp_path / "train"}"',
+      f'--gin.VALIDATION_ROOT="{tmp_path / "held_out"}"', '--gin.data_task.image_size=32']
+  result = run_module('parti_jax.tokenizer.train', *folder,
+                      f'--gin.MODEL_DIR="{tmp_path / "run"}"',
+                      '--gin.train_tokenizer.train_steps=3')
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads(result.stdout.strip().splitlines()[-1])
+  assert metrics['steps'] == 3 and np.isfinite(metrics['eval_psnr'])
+
+
+def test_photographs_load_as_rgb():
+  pytest.importorskip('skimage')
+  from parti_jax.tools import photo_crops  # pylint: disable=import-outside-toplevel
+  photos = photo_crops.load_photographs(['camera', 'astronaut'])
+  assert photos['camera'].shape == (512, 512, 3) and photos['camera'].dtype == np.uint8
+  assert not set(photo_crops.TRAIN_PHOTOS) & set(photo_crops.HELD_OUT_PHOTOS)

@@ -82,7 +82,8 @@ def test_loss_falls_and_outputs_are_written(reference_run, tokenizer_dir, tmp_pa
   model_dir, _, _ = reference_run
   del model_dir
   longer = tmp_path / 'longer'
-  result = run_train(*train_args(longer, tokenizer_dir, 40, '--gin.train.log_every=10'))
+  result = run_train(*train_args(longer, tokenizer_dir, 40, '--gin.train.log_every=10',
+                                 '--gin.train.profile_steps=(2, 2)'))
   metrics = final_metrics(result)
   losses = [float(line.split('loss ')[1].split()[0]) for line in result.stderr.splitlines()
             if ' loss ' in line and 'step ' in line]
@@ -98,6 +99,25 @@ def test_loss_falls_and_outputs_are_written(reference_run, tokenizer_dir, tmp_pa
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(longer))
   step, _ = exported_params(longer)
   assert step == 40
+  traces = [name for _, _, names in os.walk(longer / 'profile') for name in names]
+  assert any(name.endswith('.xplane.pb') for name in traces), traces
+
+
+@pytest.mark.parametrize('policy', ['stop', 'skip'])
+def test_nonfinite_loss_policy(tokenizer_dir, tmp_path, policy):
+  """An absurd learning rate makes the loss infinite after the first update:
+  'stop' names the step and the last good checkpoint; 'skip' drops and counts."""
+  result = run_train(*train_args(tmp_path, tokenizer_dir, 4), '--gin.LEARNING_RATE=1e30',
+                     f"--gin.train.on_nonfinite='{policy}'")
+  if policy == 'stop':
+    assert result.returncode == 1
+    stopped = [l for l in result.stderr.splitlines() if l.startswith('stopped:')]
+    assert len(stopped) == 1 and 'not finite at step' in stopped[0], result.stderr[-2000:]
+    assert 'checkpoint' in stopped[0]
+  else:
+    metrics = final_metrics(result)
+    assert metrics['skipped_updates'] >= 1
+    assert 'update skipped' in result.stderr
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(reference_run, tokenizer_dir, tmp_path):
@@ -182,31 +202,57 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_together(tokenizer_dir, tmp_path):
-  """jax.distributed over two local processes (2 CPU devices each): they agree
-  on the loss, write one checkpoint, and one process alone restores it."""
-  model_dir = tmp_path / 'two_hosts'
+def run_two_processes(model_dir, tokenizer, steps, extra_for_process_0=()):
+  """`python -m parti_jax.train` as two local processes of one jax.distributed
+  job (coordinator on 127.0.0.1, 2 CPU devices each); [(status, stdout, stderr)]."""
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=REPO,
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
   procs = [subprocess.Popen(
       [sys.executable, '-m', 'parti_jax.train',
-       *train_args(model_dir, tokenizer_dir, 4),
+       *train_args(model_dir, tokenizer, steps),
        f"--gin.initialize.coordinator_address='127.0.0.1:{port}'",
-       '--gin.initialize.num_processes=2', f'--gin.initialize.process_id={i}'],
+       '--gin.initialize.num_processes=2', f'--gin.initialize.process_id={i}',
+       *(extra_for_process_0 if i == 0 else ())],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   outputs = [p.communicate(timeout=400) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
-  losses = [json.loads(out.strip().splitlines()[-1])['loss'] for out, _ in outputs]
+  return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+
+
+def test_two_processes_train_together(tokenizer_dir, tmp_path):
+  """The two processes agree on the loss, write one checkpoint, and one
+  process alone restores it."""
+  model_dir = tmp_path / 'two_hosts'
+  results = run_two_processes(model_dir, tokenizer_dir, 4)
+  for status, _, err in results:
+    assert status == 0, err[-3000:]
+  losses = [json.loads(out.strip().splitlines()[-1])['loss'] for _, out, _ in results]
   assert losses[0] == losses[1]
-  assert 'process 0 of 2; 2 local and 4 global devices' in outputs[0][1]
+  assert 'process 0 of 2; 2 local and 4 global devices' in results[0][2]
   saved = checkpoints.Checkpointer(str(model_dir / 'checkpoints'))
   assert saved.latest_step() == 4 and saved.metadata()['examples_seen'] == 4 * 8
   saved.close()
   step, params = exported_params(model_dir)
   assert step == 4 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_sigterm_on_one_host_saves_the_same_step_on_both(tokenizer_dir, tmp_path):
+  """Only process 0 gets SIGTERM (after step 3); jax's preemption sync point
+  has both processes save one agreed step and exit with 143."""
+  model_dir = tmp_path / 'preempted_pod'
+  results = run_two_processes(model_dir, tokenizer_dir, 30,
+                              [hook_gin_file(tmp_path, at_step=3, signal_name='SIGTERM')])
+  saved_steps = []
+  for status, _, err in results:
+    assert status == 143, err[-3000:]
+    line = [l for l in err.splitlines() if 'preempted: saved step' in l]
+    assert len(line) == 1, err[-2000:]
+    saved_steps.append(int(line[0].split('saved step ')[1].split()[0]))
+  assert saved_steps[0] == saved_steps[1] and 3 < saved_steps[0] < 30
+  saved = checkpoints.Checkpointer(str(model_dir / 'checkpoints'))
+  assert saved.latest_step() == saved_steps[0]
+  saved.close()
 
 
 @pytest.mark.parametrize('args, message', [
@@ -218,3 +264,22 @@ def test_configuration_mistakes_end_in_one_line(tmp_path, tokenizer_dir, args, m
   assert result.returncode == 2
   lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
   assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+
+
+def test_training_on_pretokenized_shards(tokenizer_dir, tmp_path):
+  """data/pretokenized.gin: shards from the pretokenize command, text length
+  and tokens per image taken from the model."""
+  shapes = ('--gin_file=data/shapes.gin', '--gin.ShapesDataset.resolution=16',
+            '--gin.data_task.image_size=16', f'--tokenizer_dir={tokenizer_dir}',
+            '--max_examples=32', '--examples_per_shard=16', '--batch_size=8')
+  for split, folder in (('train', 'tokens'), ('validation', 'held_out_tokens')):
+    made = run_module('parti_jax.data.pretokenize', *shapes, f'--split={split}',
+                      f'--output_dir={tmp_path / folder}')
+    assert made.returncode == 0, made.stderr[-2000:]
+  args = [a for a in train_args(tmp_path / 'run', tokenizer_dir, 3)
+          if 'shapes' not in a.lower() and 'data_task' not in a and 'tokenizer_dir' not in a]
+  result = run_train(*args, '--gin_file=data/pretokenized.gin',
+                     f'--gin.TOKENS_DIR="{tmp_path / "tokens"}"',
+                     f'--gin.VALIDATION_TOKENS_DIR="{tmp_path / "held_out_tokens"}"')
+  metrics = final_metrics(result)
+  assert metrics['step'] == 3 and 'eval/loss' in metrics

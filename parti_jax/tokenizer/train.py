@@ -8,10 +8,11 @@ Resumes from the latest checkpoint in MODEL_DIR/checkpoints; writes the
 operative gin config, TensorBoard summaries (losses, PSNR, codebook usage,
 perplexity, reconstructions) and, at the end, one JSON line of held-out metrics.
 """
+import itertools
 import json
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import gin
 import jax
@@ -19,6 +20,7 @@ import numpy as np
 
 from parti_jax import checkpoints, cli, gin_utils, metrics, partitioning
 from parti_jax.data import configured as _registers_data_configurables  # noqa: F401 (gin)
+from parti_jax.data.task_images import TaskImages
 from parti_jax.errors import ConfigError
 from parti_jax.tokenizer import api, perceptual
 from parti_jax.tokenizer.config import VitVqganConfig
@@ -35,7 +37,8 @@ _ITEMS = ('generator', 'discriminator', 'generator_opt', 'discriminator_opt')
 
 
 def local_images(dataset, step: int, global_batch: int) -> np.ndarray:
-  """This process's rows of the global batch of `step`, float32 in [0, 1].
+  """This process's rows of the global batch of `step` from a random-access
+  dataset (ShapesDataset), float32 in [0, 1].
 
   Row r of step s is example s * global_batch + r, so the data seen depends on
   the step alone: resuming at a step resumes the data exactly.
@@ -44,6 +47,15 @@ def local_images(dataset, step: int, global_batch: int) -> np.ndarray:
   first = step * global_batch + jax.process_index() * per_process
   return np.stack([dataset.example(first + i)['image'] for i in range(per_process)]
                   ).astype(np.float32) / 255.0
+
+
+def image_batches(dataset, first_step: int, global_batch: int) -> Iterator[np.ndarray]:
+  """This process's image batches from step `first_step` on, from a
+  random-access dataset or from the images of a task (data/task_images.py)."""
+  if isinstance(dataset, TaskImages):
+    per_process = global_batch // jax.process_count()
+    return dataset.batches(first_step * per_process, per_process)
+  return (local_images(dataset, step, global_batch) for step in itertools.count(first_step))
 
 
 def _state_items(state: TokenizerState) -> Dict[str, Any]:
@@ -72,12 +84,11 @@ def _pretrained_modules(checkpoint_dir: str, config: VitVqganConfig,
 
 def evaluate(trainer: TokenizerTrainer, generator, dataset, num_examples: int,
              batch_size: int, mesh, rules) -> Dict[str, float]:
-  """PSNR and L2 over `num_examples` held-out images, codebook usage and
-  perplexity of all their codes together."""
+  """PSNR and L2 over the first `num_examples` held-out images, codebook usage
+  and perplexity of all their codes together."""
   psnrs, l2s, codes = [], [], []
-  for start in range(0, num_examples, batch_size):
-    images = np.stack([dataset.example(start + i)['image']
-                       for i in range(batch_size)]).astype(np.float32) / 255.0
+  for images in itertools.islice(image_batches(dataset, 0, batch_size),
+                                 max(num_examples // batch_size, 1)):
     out = trainer.evaluate(generator, partitioning.host_to_global_batch(
         {'images': images}, mesh, rules)['images'])
     psnrs.append(float(out['psnr']))
@@ -152,9 +163,10 @@ def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.
   start_step = int(state.step)
   held_out = None
   progress = metrics.Progress(train_steps, start_step)
+  batches = image_batches(dataset, start_step, batch_size)
   for step in range(start_step, train_steps):
     images = partitioning.host_to_global_batch(
-        {'images': local_images(dataset, step, batch_size)}, mesh, mesh_config.rules)['images']
+        {'images': next(batches)}, mesh, mesh_config.rules)['images']
     state, step_metrics = trainer.train_step(state, images)
     done = step + 1
     if done % log_every == 0 or done == train_steps:
@@ -168,7 +180,7 @@ def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.
                           mesh, mesh_config.rules)
       writer.write_scalars(done, held_out)
       log.info('held-out: %s', '  '.join(f'{k} {v:.4g}' for k, v in held_out.items()))
-      originals = local_images(eval_dataset, 0, batch_size)
+      originals = next(image_batches(eval_dataset, 0, batch_size))
       recon = trainer.evaluate(state.generator, partitioning.host_to_global_batch(
           {'images': originals}, mesh, mesh_config.rules)['images'])['reconstructions']
       # Original and reconstruction side by side.
