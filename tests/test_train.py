@@ -103,7 +103,7 @@ def test_loss_falls_and_outputs_are_written(reference_run, tokenizer_dir, tmp_pa
   assert any(name.endswith('.xplane.pb') for name in traces), traces
 
 
-@pytest.mark.parametrize('policy', ['stop', 'skip'])
+@pytest.mark.parametrize('policy', ['stop', pytest.param('skip', marks=pytest.mark.slow)])
 def test_nonfinite_loss_policy(tokenizer_dir, tmp_path, policy):
   """An absurd learning rate makes the loss infinite after the first update:
   'stop' names the step and the last good checkpoint; 'skip' drops and counts."""
@@ -272,14 +272,26 @@ def test_training_on_pretokenized_shards(tokenizer_dir, tmp_path):
   shapes = ('--gin_file=data/shapes.gin', '--gin.ShapesDataset.resolution=16',
             '--gin.data_task.image_size=16', f'--tokenizer_dir={tokenizer_dir}',
             '--max_examples=32', '--examples_per_shard=16', '--batch_size=8')
-  for split, folder in (('train', 'tokens'), ('validation', 'held_out_tokens')):
-    made = run_module('parti_jax.data.pretokenize', *shapes, f'--split={split}',
-                      f'--output_dir={tmp_path / folder}')
-    assert made.returncode == 0, made.stderr[-2000:]
+  made = run_module('parti_jax.data.pretokenize', *shapes, f'--output_dir={tmp_path / "tokens"}')
+  assert made.returncode == 0, made.stderr[-2000:]
   args = [a for a in train_args(tmp_path / 'run', tokenizer_dir, 3)
           if 'shapes' not in a.lower() and 'data_task' not in a and 'tokenizer_dir' not in a]
   result = run_train(*args, '--gin_file=data/pretokenized.gin',
-                     f'--gin.TOKENS_DIR="{tmp_path / "tokens"}"',
-                     f'--gin.VALIDATION_TOKENS_DIR="{tmp_path / "held_out_tokens"}"')
+                     f'--gin.TOKENS_DIR="{tmp_path / "tokens"}"')
   metrics = final_metrics(result)
-  assert metrics['step'] == 3 and 'eval/loss' in metrics
+  assert metrics['step'] == 3 and 'no validation split' in result.stderr
+
+
+@pytest.mark.slow
+def test_skipped_examples_reach_the_metrics(tokenizer_dir, tmp_path):
+  """A folder with a malformed line, a missing file and an empty caption: the
+  run trains on the rest and reports the skips by reason."""
+  from tests.test_data_tasks import write_folder  # pylint: disable=import-outside-toplevel
+  write_folder(tmp_path / 'photos', 8)
+  args = [a for a in train_args(tmp_path / 'run', tokenizer_dir, 2)
+          if 'shapes' not in a.lower()]
+  result = run_train(*args, '--gin_file=data/folder.gin',
+                     f'--gin.DATA_ROOT="{tmp_path / "photos"}"')
+  metrics = final_metrics(result)
+  skipped = {k: v for k, v in metrics.items() if k.startswith('skipped_examples/')}
+  assert len(skipped) >= 3 and all(v >= 1 for v in skipped.values()), metrics
