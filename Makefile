@@ -24,6 +24,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m parti_jax.bench train --preset=bench-s
+	$(PY) -m parti_jax.bench decode --preset=bench-s
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

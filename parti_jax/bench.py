@@ -2,6 +2,7 @@
 the configuration measured.
 
   python -m parti_jax.bench train --preset=bench-s
+  python -m parti_jax.bench decode --preset=bench-s
   python -m parti_jax.bench tokenizer --preset=small
   python -m parti_jax.bench tokenizer --checkpoint_dir=RUN/checkpoints
   python -m parti_jax.bench data
@@ -22,6 +23,7 @@ import numpy as np
 
 from parti_jax import checkpoints, flops, partitioning, timing
 from parti_jax.config import TransformerConfig
+from parti_jax.decoding import SamplingConfig, Sampler
 from parti_jax.data.shapes import ShapesDataset
 from parti_jax.models import PartiModel
 from parti_jax.tokenizer.api import ImageTokenizer
@@ -128,6 +130,52 @@ def bench_train(preset: dict, steps: int, dropout_rate: float, dtype: Optional[s
       'batch_size': batch_size,
       'config': dataclasses.asdict(cfg),
       'optimizer': 'adafactor',
+      'devices': [str(d) for d in jax.devices()],
+  }
+
+
+def bench_decode(preset: dict, repeats: int, dtype: Optional[str], prompts: int = 8) -> dict:
+  """Guided sampling of `prompts` images (2 x prompts rows through the cache),
+  against the same sampling without the cache and one cached forward step."""
+  from parti_jax.data.features import unconditional_text_tokens  # pylint: disable=import-outside-toplevel (TensorFlow)
+  cfg = TransformerConfig(**dict(preset['config'], dtype=dtype or preset['config']['dtype']),
+                          dropout_rate=0.0)
+  model = PartiModel(cfg)
+  mesh_config = partitioning.MeshConfig()
+  sampler = Sampler(model, mesh_config.make_mesh(), mesh_config.rules)
+  params = jax.jit(lambda: flax.linen.unbox(model.init_variables(jax.random.key(0)))['params'])()
+  text = random_batch(cfg, prompts)['encoder_input_tokens']
+  empty = unconditional_text_tokens(cfg.max_text_length)
+  keys = jax.numpy.stack([jax.random.key(i) for i in range(prompts)])
+  config = SamplingConfig()
+
+  def sample(fn):
+    return lambda: jax.block_until_ready(fn(params, text, keys, config, empty))
+
+  cached, recomputed = sample(sampler), sample(sampler.without_cache)
+  cached()
+  recomputed()  # Compile both first.
+  cached_timing = timing.measure(cached, repeats)
+  recompute_timing = timing.measure(recomputed, 1)
+
+  rows = np.concatenate([text, np.broadcast_to(empty, text.shape)])
+  cache = model.init_decode_cache(params, model.encode(params, rows), rows)
+  step = jax.jit(model.decode_step)
+  tokens = jax.numpy.zeros((2 * prompts,), jax.numpy.int32)
+  forward = lambda: jax.block_until_ready(step(params, cache, tokens))
+  forward()
+  forward_timing = timing.measure(forward, 20)
+  seconds = cached_timing['median_s']
+  return {
+      'benchmark': 'decode',
+      'seconds_per_batch': seconds,
+      'image_tokens_per_s': prompts * cfg.image_length / seconds,
+      'seconds_per_step': seconds / cfg.image_length,
+      'no_cache_seconds_per_batch': recompute_timing['median_s'],
+      'cache_speedup': recompute_timing['median_s'] / seconds,
+      f'forward{2 * prompts}_s': forward_timing['median_s'],
+      'prompts': prompts, 'rows': 2 * prompts, 'cfg_scale': config.cfg_scale,
+      'timing': cached_timing, 'config': dataclasses.asdict(cfg),
       'devices': [str(d) for d in jax.devices()],
   }
 
@@ -264,9 +312,10 @@ def bench_data(num_examples: int, image_size: int, batch_size: int) -> dict:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('what', choices=['train', 'tokenizer', 'data'])
+  parser.add_argument('what', choices=['train', 'decode', 'tokenizer', 'data'])
   parser.add_argument('--preset', default=None,
-                      help=f'train: {sorted(PRESETS)}; tokenizer: {sorted(TOKENIZER_PRESETS)}')
+                      help=f'train, decode: {sorted(PRESETS)}; tokenizer: '
+                      f'{sorted(TOKENIZER_PRESETS)}')
   parser.add_argument('--steps', type=int, default=5, help='timed repetitions')
   parser.add_argument('--dropout_rate', type=float, default=0.0)
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default=None,
@@ -283,12 +332,14 @@ def main(argv=None) -> None:
     result = bench_data(args.data_examples, 256, 8)
     print(json.dumps(result))
     return
-  presets = PRESETS if args.what == 'train' else TOKENIZER_PRESETS
+  presets = TOKENIZER_PRESETS if args.what == 'tokenizer' else PRESETS
   preset = args.preset or next(iter(presets))
   if preset not in presets:
     parser.error(f'unknown preset {preset!r} for {args.what}; choose from {sorted(presets)}')
   if args.what == 'train':
     result = bench_train(presets[preset], args.steps, args.dropout_rate, args.dtype)
+  elif args.what == 'decode':
+    result = bench_decode(presets[preset], args.steps, args.dtype)
   else:
     result = bench_tokenizer(presets[preset], args.steps, args.checkpoint_dir,
                              args.eval_examples, args.dtype)

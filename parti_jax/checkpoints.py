@@ -116,12 +116,13 @@ class Checkpointer:
 def restore_for_inference(directory: str, item: str, config_key: str, kind: str,
                           abstract_for_config: Callable[[Dict[str, Any]], PyTree],
                           step: Optional[int] = None,
-                          sharding: Optional[jax.sharding.Sharding] = None
-                          ) -> Tuple[Dict[str, Any], PyTree]:
+                          shardings_for_config: Optional[Callable[[Dict[str, Any]], PyTree]]
+                          = None) -> Tuple[Dict[str, Any], PyTree]:
   """(config JSON, `item`) of a checkpoint that stores its model config in
   metadata[config_key]; `abstract_for_config` gives the item's shapes from
-  that config. Arrays land on `sharding` (default: this process's first
-  device). `kind` names the model in errors ('tokenizer', 'Parti model')."""
+  that config, `shardings_for_config` where its arrays go (default: all on
+  this process's first device). `kind` names the model in errors
+  ('tokenizer', 'Parti model')."""
   checkpointer = Checkpointer(directory)
   try:
     if checkpointer.latest_step() is None:
@@ -131,8 +132,11 @@ def restore_for_inference(directory: str, item: str, config_key: str, kind: str,
       raise ConfigError(f'{directory} is not a {kind} checkpoint (no {config_key})')
     config = metadata[config_key]
     abstract = abstract_for_config(config)
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = abstract_like(abstract, jax.tree.map(lambda _: sharding, abstract))
-    return config, checkpointer.restore({item: target}, step)[item]
+    if shardings_for_config is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      shardings = jax.tree.map(lambda _: device, abstract)
+    else:
+      shardings = shardings_for_config(config)
+    return config, checkpointer.restore({item: abstract_like(abstract, shardings)}, step)[item]
   finally:
     checkpointer.close()

@@ -82,6 +82,7 @@ class Sampler:
     self.mesh = mesh
     self.rules = rules
     self._sample = jax.jit(self._sample_impl, static_argnames=('config', 'guided'))
+    self._recompute = jax.jit(self._recompute_impl, static_argnames=('config', 'guided'))
 
   def __call__(self, params, text_tokens: Array, keys: Array, config: SamplingConfig,
                uncond_text_tokens: Optional[Array] = None,
@@ -147,3 +148,36 @@ class Sampler:
     start = jnp.full((batch,), model.config.bos_id, jnp.int32)
     _, tokens = jax.lax.scan(step, (cache, start), jnp.arange(model.config.image_length))
     return tokens.T
+
+  def without_cache(self, params, text_tokens: Array, keys: Array, config: SamplingConfig,
+                    uncond_text_tokens: Optional[Array] = None) -> Array:
+    """The same sampling with the cache disabled: every step runs the full
+    forward pass over the whole sequence (what samplers without a KV cache
+    do). For benchmarks and as a reference; output equals __call__'s."""
+    guided = config.cfg_scale != 1.0
+    if guided and uncond_text_tokens is None:
+      raise ConfigError('guidance needs the empty caption (uncond_text_tokens)')
+    uncond = (jnp.zeros_like(text_tokens) if uncond_text_tokens is None else
+              jnp.broadcast_to(jnp.asarray(uncond_text_tokens, jnp.int32), text_tokens.shape))
+    with partitioning.activate(self.mesh, self.rules):
+      return self._recompute(params, jnp.asarray(text_tokens, jnp.int32), uncond, keys,
+                             config=config, guided=guided)
+
+  def _recompute_impl(self, params, text_tokens: Array, uncond_tokens: Array, keys: Array,
+                 config: SamplingConfig, guided: bool) -> Array:
+    model = self.model
+    batch, length = text_tokens.shape[0], model.config.image_length
+    rows = jnp.concatenate([text_tokens, uncond_tokens]) if guided else text_tokens
+
+    def step(position, tokens):
+      inputs = jnp.concatenate(
+          [jnp.full((batch, 1), model.config.bos_id, jnp.int32), tokens[:, :-1]], axis=1)
+      if guided:
+        inputs = jnp.concatenate([inputs, inputs])
+      logits = model.logits(params, dict(encoder_input_tokens=rows, decoder_input_tokens=inputs))
+      logits = jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False)
+      if guided:
+        logits = guide(logits[:batch], logits[batch:], config.cfg_scale)
+      return tokens.at[:, position].set(self._choose(logits, keys, position, config))
+
+    return jax.lax.fori_loop(0, length, step, jnp.zeros((batch, length), jnp.int32))

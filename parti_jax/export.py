@@ -9,14 +9,16 @@ config, so `load_exported` needs no gin files:
 import dataclasses
 from typing import Any, Dict, Optional, Tuple
 
-import jax
+from jax.sharding import Mesh
 
-from parti_jax import checkpoints
+from parti_jax import checkpoints, partitioning
 from parti_jax.config import TransformerConfig
 from parti_jax.models import PartiModel
 
 PyTree = Any
 MODEL_CONFIG_KEY = 'model_config'
+# The text vocabulary the model was trained with (data.vocab.vocabulary_spec).
+VOCABULARY_KEY = 'text_vocabulary'
 
 
 def config_to_json(config: TransformerConfig) -> Dict[str, Any]:
@@ -39,12 +41,17 @@ def export_params(directory: str, step: int, params: PyTree, config: Transformer
 
 
 def load_exported(directory: str, step: Optional[int] = None,
-                  sharding: Optional[jax.sharding.Sharding] = None
-                  ) -> Tuple[TransformerConfig, PyTree]:
+                  mesh: Optional[Mesh] = None,
+                  rules: Optional[partitioning.Rules] = None) -> Tuple[TransformerConfig, PyTree]:
   """(config, params) of an export (or of a training checkpoint directory,
-  which carries the same items), on `sharding` (default: this process's
-  first device)."""
+  which carries the same items), restored straight into their shards on
+  `mesh` under `rules` (default: this process's first device)."""
+  shardings_for_config = None
+  if mesh is not None:
+    shardings_for_config = lambda values: partitioning.shardings_from_logical(
+        PartiModel(config_from_json(values)).param_logical_axes(), mesh, rules)
   values, params = checkpoints.restore_for_inference(
       directory, 'params', MODEL_CONFIG_KEY, 'Parti model',
-      lambda values: PartiModel(config_from_json(values)).abstract_params(), step, sharding)
+      lambda values: PartiModel(config_from_json(values)).abstract_params(), step,
+      shardings_for_config)
   return config_from_json(values), params

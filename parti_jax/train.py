@@ -25,7 +25,7 @@ import optax
 
 from parti_jax import checkpoints, cli, export, flops, gin_utils, metrics, multihost
 from parti_jax import partitioning, preemption, timing
-from parti_jax.data import configured, tasks
+from parti_jax.data import configured, tasks, vocab
 from parti_jax.data.pipeline import ModelBatches
 from parti_jax.errors import ConfigError, TrainingStopped
 from parti_jax.models import PartiModel
@@ -72,14 +72,18 @@ class _Loop:
     return partitioning.host_to_global_batch(local, self.mesh, self.rules)
 
   def evaluate(self, params, batches: ModelBatches, num_batches: int) -> Dict[str, float]:
-    """Token-weighted loss and accuracy over `num_batches` held-out batches."""
+    """Token-weighted loss and accuracy over `num_batches` held-out batches;
+    closes `batches`."""
     totals: Dict[str, float] = {}
-    for _ in range(num_batches):
-      values = jax.device_get(self.trainer.eval_step(params, self.global_batch(batches)))
-      tokens = float(values['num_tokens'])
-      for key in ('loss', 'accuracy'):
-        totals[key] = totals.get(key, 0.0) + float(values[key]) * tokens
-      totals['tokens'] = totals.get('tokens', 0.0) + tokens
+    try:
+      for _ in range(num_batches):
+        values = jax.device_get(self.trainer.eval_step(params, self.global_batch(batches)))
+        tokens = float(values['num_tokens'])
+        for key in ('loss', 'accuracy'):
+          totals[key] = totals.get(key, 0.0) + float(values[key]) * tokens
+        totals['tokens'] = totals.get('tokens', 0.0) + tokens
+    finally:
+      batches.close()
     tokens = max(totals.pop('tokens'), 1.0)
     return {f'eval/{k}': v / tokens for k, v in totals.items()}
 
@@ -97,8 +101,8 @@ def _check_finite(step: int, values: Dict[str, Any], on_nonfinite: str,
   where = (f'the last good checkpoint is step {last} in {checkpointer.directory}'
            if last is not None else 'there is no checkpoint yet')
   raise TrainingStopped(f'loss or gradient not finite at step {step} (loss '
-                      f'{float(values["loss"])}); {where}. Lower the learning rate, or set '
-                      '--gin.train.on_nonfinite="\'skip\'" to skip such updates')
+                        f'{float(values["loss"])}); {where}. Lower the learning rate, or set '
+                        '--gin.train.on_nonfinite="\'skip\'" to skip such updates')
 
 
 @gin.configurable(denylist=['task'])
@@ -169,7 +173,9 @@ def train(task=None, model_dir: str = gin.REQUIRED, model: PartiModel = gin.REQU
   if not has_validation:
     log.info('task %s has no validation split: no evaluation loss', task.name)
   writer = metrics.create_writer(model_dir, primary)
-  metadata = {export.MODEL_CONFIG_KEY: export.config_to_json(model.config), 'seed': seed}
+  metadata = {export.MODEL_CONFIG_KEY: export.config_to_json(model.config), 'seed': seed,
+              export.VOCABULARY_KEY: vocab.vocabulary_spec(
+                  task.output_features['text_tokens'].vocabulary)}
 
   def save(step: int) -> None:
     checkpointer.save(step, state_items(state),
@@ -227,7 +233,7 @@ def train(task=None, model_dir: str = gin.REQUIRED, model: PartiModel = gin.REQU
     checkpointer.close()
     writer.flush()
   export.export_params(os.path.join(model_dir, 'params'), int(state.step), state.params,
-                       model.config, {'seed': seed})
+                       model.config, {k: metadata[k] for k in ('seed', export.VOCABULARY_KEY)})
   return dict(last_logged, **last_eval, step=int(state.step))
 
 

@@ -52,6 +52,17 @@ def test_a_vocabulary_with_another_eos_id_is_refused():
     features.tokenize_text({'caption': tf.constant('a')}, BYTES, 0)
 
 
+@pytest.mark.parametrize('prompt', ['', 'hi', 'a small red circle above a blue square', 'é' * 9])
+def test_prompts_tokenize_as_training_captions(prompt):
+  """The sampler's prompt tokens equal the training pipeline's, padded."""
+  tokens, cut = features.prompt_tokens(prompt, BYTES, 8)
+  expected = np.zeros(8, np.int32)
+  from_pipeline = _text_tokens(prompt, 8)
+  expected[:len(from_pipeline)] = from_pipeline
+  np.testing.assert_array_equal(tokens, expected)
+  assert cut == (len(prompt.encode()) > 7)
+
+
 def test_bos_shift_padding_and_loss_weights_on_a_hand_example():
   example = {'text_tokens': tf.constant([7, 8, EOS]), 'image_tokens': tf.constant([5, 0, 3, 2])}
   out = features.to_model_features(example, text_length=5, image_length=4, bos_id=6)

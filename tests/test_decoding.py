@@ -84,6 +84,16 @@ def test_guidance_scale_zero_and_one(setup):
     sampler(params, text, k, SamplingConfig(cfg_scale=2.0))
 
 
+def test_sampling_without_cache_gives_the_same_images(setup):
+  """The full-recompute path (the benchmark's baseline) samples the same
+  tokens as the cached loop, guidance and randomness included."""
+  _, params, sampler, text = setup
+  config = SamplingConfig(temperature=1.0, top_k=10, cfg_scale=2.0)
+  cached = sampler(params, text, keys(4), config, uncond_text_tokens=EMPTY)
+  recomputed = sampler.without_cache(params, text, keys(4), config, uncond_text_tokens=EMPTY)
+  np.testing.assert_array_equal(np.asarray(recomputed), np.asarray(cached))
+
+
 def test_seeds_are_per_row_and_reproducible(setup):
   _, params, sampler, text = setup
   config = SamplingConfig(temperature=1.5, cfg_scale=1.0)

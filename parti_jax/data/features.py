@@ -16,7 +16,7 @@ preprocessors and tf.data maps; no JAX. The steps, in pipeline order:
 `model_features_numpy` builds the same batch with numpy, for callers outside
 tf.data (the sampler, evaluation, tests).
 """
-from typing import Dict, Sequence, Union
+from typing import Dict, Sequence, Tuple, Union
 
 from parti_jax import tf_setup  # pylint: disable=g-bad-import-order (before TensorFlow)
 
@@ -56,6 +56,17 @@ def tokenize_text(example: Example, vocabulary: seqio.Vocabulary, max_length: in
                       'python -m parti_jax.data.vocab train')
   ids = tf.cast(vocabulary.encode_tf(example['caption']), tf.int32)[:max_length - 1]
   return {**example, 'text_tokens': tf.concat([ids, [EOS_ID]], axis=0)}
+
+
+def prompt_tokens(prompt: str, vocabulary: seqio.Vocabulary,
+                  max_length: int) -> Tuple[np.ndarray, bool]:
+  """A prompt as the encoder reads it at sampling time, int32 [max_length]
+  padded: the same ids and truncation rule as tokenize_text, so a caption
+  seen in training and the same prompt at inference match. Also returns
+  whether the prompt was cut."""
+  _check_length('max_length', max_length)
+  ids = list(vocabulary.encode(prompt))
+  return _pad_numpy(ids[:max_length - 1] + [EOS_ID], max_length), len(ids) > max_length - 1
 
 
 def unconditional_text_tokens(max_length: int) -> np.ndarray:

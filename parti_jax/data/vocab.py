@@ -268,3 +268,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 if __name__ == '__main__':
   cli.run(main)
+
+
+def vocabulary_spec(vocabulary: seqio.Vocabulary) -> Optional[str]:
+  """What load_vocabulary needs to load `vocabulary` again: its SentencePiece
+  model file, or None for the byte vocabulary (stored with checkpoints, so
+  sampling tokenizes prompts as training did)."""
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    return vocabulary.sentencepiece_model_file
+  if isinstance(vocabulary, seqio.ByteVocabulary):
+    return None
+  raise ConfigError(f'cannot record a {type(vocabulary).__name__} with the checkpoint')

@@ -1,0 +1,110 @@
+"""The inference pipeline and the generate command, on a random model and
+tokenizer small enough to sample in seconds."""
+import json
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from parti_jax import export
+from parti_jax.decoding import SamplingConfig
+from parti_jax.errors import ConfigError
+from parti_jax.generate import read_prompts
+from parti_jax.inference import Pipeline
+from parti_jax.models import PartiModel
+from tests.conftest import run_module, small_config, write_random_tokenizer
+
+
+@pytest.fixture(scope='module')
+def dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('generate')
+  write_random_tokenizer(root / 'tokenizer', image_size=16, patch_size=4, codebook_size=64)
+  write_random_tokenizer(root / 'tokenizer_128', image_size=16, patch_size=4, codebook_size=128)
+  cfg = small_config(text_vocab_size=300)  # bytes: 259 ids
+  params = nn.unbox(PartiModel(cfg).init_variables(jax.random.key(0)))['params']
+  export.export_params(str(root / 'model'), 7, params, cfg, {export.VOCABULARY_KEY: None})
+  return root
+
+
+@pytest.fixture(scope='module')
+def pipeline(dirs):
+  return Pipeline.from_checkpoint(str(dirs / 'model'), str(dirs / 'tokenizer'), batch_size=4)
+
+
+def test_same_prompt_and_seed_alone_or_in_a_batch(pipeline):
+  sampling = SamplingConfig(temperature=1.0)
+  together = pipeline.generate(['a red circle', 'a blue square'], 3, sampling, seed=5)
+  alone = pipeline.generate(['a blue square'], 3, sampling, seed=5)
+  np.testing.assert_array_equal(together[1].tokens, alone[0].tokens)
+  assert not np.array_equal(together[0].tokens, together[1].tokens)
+  images = pipeline('a blue square', num_samples=3, seed=5)
+  assert len(images) == 3 and images[0].size == (16, 16)
+  np.testing.assert_array_equal(np.asarray(images[2]), np.asarray(alone[0].images[2]))
+
+
+def test_reranking_keeps_the_best(pipeline):
+  brightness = lambda images, prompts: images.reshape(len(images), -1).mean(axis=1)
+  kept = pipeline.generate(['a red circle'], 6, seed=1, keep=2, scorer=brightness)[0]
+  every = pipeline.generate(['a red circle'], 6, seed=1)[0]
+  all_scores = [np.asarray(image).mean() for image in every.images]
+  assert kept.sample_indices == list(np.argsort(all_scores)[::-1][:2])
+  assert kept.scores == sorted(kept.scores, reverse=True)
+  with pytest.raises(ConfigError, match='needs a scorer'):
+    pipeline.generate(['a red circle'], 6, keep=2)
+
+
+def test_bad_input(pipeline, dirs, caplog):
+  with pytest.raises(ConfigError, match='no prompts'):
+    pipeline.generate([])
+  long = pipeline.generate(['x' * 50], 1)[0]
+  assert long.prompt_truncated and 'prompt cut to 8 text tokens' in caplog.text
+  with pytest.raises(ConfigError, match='tokenizer has 128 codes'):
+    Pipeline.from_checkpoint(str(dirs / 'model'), str(dirs / 'tokenizer_128'))
+  with pytest.raises(ConfigError, match='no Parti model checkpoint'):
+    Pipeline.from_checkpoint(str(dirs / 'nothing'), str(dirs / 'tokenizer'))
+
+
+def generate(dirs, out_dir, *extra):
+  result = run_module('parti_jax.generate', f'--checkpoint_dir={dirs / "model"}',
+                      f'--tokenizer_dir={dirs / "tokenizer"}', f'--out_dir={out_dir}',
+                      '--num_samples=2', '--seed=3', '--batch_size=4', *extra)
+  return result
+
+
+def test_the_command_writes_images_and_cfg_scale_reaches_the_logits(dirs, tmp_path):
+  """With --cfg_scale=0 only the empty caption counts: two prompts sample the
+  same tokens. With 1 they differ."""
+  prompts = ('--prompt=a small red circle', '--prompt=a large blue square above a green star')
+  tokens = {}
+  for scale in ('0', '1'):
+    out = tmp_path / f'scale{scale}'
+    result = generate(dirs, out, f'--cfg_scale={scale}', *prompts)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((out / 'generations.json').read_text())
+    assert record['settings']['cfg_scale'] == float(scale)
+    tokens[scale] = [g['tokens'] for g in record['generations']]
+    for g in record['generations']:
+      assert all((out / name).exists() for name in g['files'])
+    assert (out / 'p0001_grid.png').exists()
+  assert tokens['0'][0] == tokens['0'][1]
+  assert tokens['1'][0] != tokens['1'][1]
+
+
+def test_the_command_reads_parti_prompts_and_refuses_bad_input(dirs, tmp_path):
+  tsv = tmp_path / 'prompts.tsv'
+  tsv.write_text('Prompt\tCategory\tChallenge\nA red apple\tFood\tBasic\n\t\t\n')
+  result = generate(dirs, tmp_path / 'out', f'--prompts_file={tsv}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert json.loads(result.stdout.strip().splitlines()[-1])['images'] == 2
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('\n  \n')
+  result = generate(dirs, tmp_path / 'bad', f'--prompts_file={empty}')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == f'error: {empty} holds no prompts'
+  with pytest.raises(ConfigError, match='prompts file not found'):
+    read_prompts(str(tmp_path / 'missing.txt'))
+  no_column = tmp_path / 'other.tsv'
+  no_column.write_text('Text\tCategory\nA red apple\tFood\n')
+  with pytest.raises(ConfigError, match='no Prompt column'):
+    read_prompts(str(no_column))
