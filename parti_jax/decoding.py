@@ -74,6 +74,16 @@ def guide(cond: Array, uncond: Array, scale) -> Array:
   return uncond + scale * (cond - uncond)
 
 
+def _unconditional_rows(text_tokens: Array, uncond_text_tokens: Optional[Array],
+                        guided: bool) -> Array:
+  """The empty caption repeated for every row (zeros when unguided: unused)."""
+  if uncond_text_tokens is None:
+    if guided:
+      raise ConfigError('guidance needs the empty caption (uncond_text_tokens)')
+    return jnp.zeros_like(text_tokens)
+  return jnp.broadcast_to(jnp.asarray(uncond_text_tokens, jnp.int32), text_tokens.shape)
+
+
 class Sampler:
   """Compiles the sampling loop of `model` once per shape, over `mesh`."""
 
@@ -102,8 +112,7 @@ class Sampler:
     batch = text_tokens.shape[0]
     length = self.model.config.image_length
     guided = guidance_scales is not None or config.cfg_scale != 1.0
-    if guided and uncond_text_tokens is None:
-      raise ConfigError('guidance needs the empty caption (uncond_text_tokens)')
+    uncond = _unconditional_rows(text_tokens, uncond_text_tokens, guided)
     if keys.shape != (batch,):
       raise ConfigError(f'need one key per row: {batch} rows, keys of shape {keys.shape}')
     if guidance_scales is None:
@@ -111,8 +120,6 @@ class Sampler:
     if forced_mask is None:
       forced_tokens = jnp.zeros((batch, length), jnp.int32)
       forced_mask = jnp.zeros((batch, length), bool)
-    uncond = (jnp.zeros_like(text_tokens) if uncond_text_tokens is None else
-              jnp.broadcast_to(jnp.asarray(uncond_text_tokens, jnp.int32), text_tokens.shape))
     with partitioning.activate(self.mesh, self.rules):
       return self._sample(params, jnp.asarray(text_tokens, jnp.int32), uncond, keys,
                           jnp.asarray(forced_tokens, jnp.int32), jnp.asarray(forced_mask, bool),
@@ -155,10 +162,7 @@ class Sampler:
     forward pass over the whole sequence (what samplers without a KV cache
     do). For benchmarks and as a reference; output equals __call__'s."""
     guided = config.cfg_scale != 1.0
-    if guided and uncond_text_tokens is None:
-      raise ConfigError('guidance needs the empty caption (uncond_text_tokens)')
-    uncond = (jnp.zeros_like(text_tokens) if uncond_text_tokens is None else
-              jnp.broadcast_to(jnp.asarray(uncond_text_tokens, jnp.int32), text_tokens.shape))
+    uncond = _unconditional_rows(text_tokens, uncond_text_tokens, guided)
     with partitioning.activate(self.mesh, self.rules):
       return self._recompute(params, jnp.asarray(text_tokens, jnp.int32), uncond, keys,
                              config=config, guided=guided)
