@@ -32,6 +32,9 @@ setup(
         'sentencepiece==0.2.3',
         'pillow==13.0.0',
         'numpy>=1.26,<3',
+        # The shapes judge and image metrics (jax needs it too).
+        'scipy>=1.11',
+        'tqdm>=4.60',
     ],
     extras_require={
         'test': ['pytest>=8', 'scipy>=1.11', 'scikit-image==0.26.0'],

@@ -23,13 +23,14 @@ import numpy as np
 
 from parti_jax import checkpoints, flops, partitioning, timing
 from parti_jax.config import TransformerConfig
+from parti_jax.data.text_ids import unconditional_text_tokens
 from parti_jax.decoding import SamplingConfig, Sampler
 from parti_jax.data.shapes import ShapesDataset
+from parti_jax.eval import reconstruction
 from parti_jax.models import PartiModel
 from parti_jax.tokenizer.api import ImageTokenizer
 from parti_jax.tokenizer.config import VitVqganConfig
 from parti_jax.tokenizer.model import VitVqgan
-from parti_jax.tokenizer.quantizer import code_statistics
 from parti_jax.trainer import Trainer, make_optimizer, state_items
 
 PRESETS = {
@@ -137,7 +138,6 @@ def bench_train(preset: dict, steps: int, dropout_rate: float, dtype: Optional[s
 def bench_decode(preset: dict, repeats: int, dtype: Optional[str], prompts: int = 8) -> dict:
   """Guided sampling of `prompts` images (2 x prompts rows through the cache),
   against the same sampling without the cache and one cached forward step."""
-  from parti_jax.data.features import unconditional_text_tokens  # pylint: disable=import-outside-toplevel (TensorFlow)
   cfg = TransformerConfig(**dict(preset['config'], dtype=dtype or preset['config']['dtype']),
                           dropout_rate=0.0)
   model = PartiModel(cfg)
@@ -236,20 +236,13 @@ def bench_tokenizer(preset: dict, steps: int, checkpoint_dir: Optional[str],
 
 
 def shapes_reconstruction(tokenizer: 'ImageTokenizer', num_examples: int, batch: int) -> dict:
-  """PSNR, codebook usage and perplexity on shapes from a seed training never used."""
+  """PSNR, SSIM, codebook usage and perplexity on shapes from a seed training
+  never used."""
   data = ShapesDataset(seed=12345, resolution=tokenizer.config.image_size)
-  psnrs, codes = [], []
-  for start in range(0, num_examples, batch):
-    images = np.stack([data.example(start + i)['image'] for i in range(batch)])
-    ids = tokenizer.encode(images)
-    recon = np.asarray(tokenizer.decode(ids))
-    mse = np.mean((recon - images / 255.0)**2, axis=(1, 2, 3))
-    psnrs.extend(10 * np.log10(1.0 / np.maximum(mse, 1e-10)))
-    codes.append(np.asarray(ids))
-  stats = code_statistics(np.concatenate(codes), tokenizer.codebook_size)
-  return {'heldout_psnr': float(np.mean(psnrs)),
-          'heldout_codebook_usage': float(stats['codebook_usage']),
-          'heldout_perplexity': float(stats['perplexity']), 'heldout_examples': len(psnrs)}
+  batches = (np.stack([data.example(i)['image'] for i in range(start, start + batch)])
+             for start in range(0, num_examples, batch))
+  return {f'heldout_{name}': value
+          for name, value in reconstruction.reconstruction_metrics(tokenizer, batches).items()}
 
 
 def bench_data(num_examples: int, image_size: int, batch_size: int) -> dict:

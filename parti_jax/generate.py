@@ -8,22 +8,22 @@ Prompts come from --prompt (repeatable) or --prompts_file: a text file of one
 prompt a line, or a TSV with a 'Prompt' column (PartiPrompts.tsv). Writes
 out_dir/pPPPP_sSS.png for each kept sample, out_dir/pPPPP_grid.png per prompt,
 and out_dir/generations.json with every setting, the prompts, the files, the
-sampled token ids and (when reranked) the scores.
+sampled token ids and (when reranked) the scores. --scorer names the reranker
+(`shapes_judge` for shapes prompts): with --keep it keeps the best samples.
 """
 import csv
 import json
-import logging
 import os
 from typing import List
 
 from PIL import Image
 
-from parti_jax import cli, gin_utils
+from parti_jax import cli, gin_utils, progress
 from parti_jax.decoding import SamplingConfig
 from parti_jax.errors import ConfigError
+from parti_jax.eval import scorers
 from parti_jax.inference import Pipeline
 
-log = logging.getLogger(__name__)
 
 
 def read_prompts(path: str) -> List[str]:
@@ -65,6 +65,8 @@ def main(argv=None) -> None:
   p.add_argument('--num_samples', type=int, default=4, help='samples per prompt')
   p.add_argument('--keep', type=int, default=None,
                  help='samples kept per prompt (the best by the scorer); default: all')
+  p.add_argument('--scorer', default=None, choices=scorers.names(),
+                 help='reranks each prompt\'s samples, best first; needed by --keep')
   p.add_argument('--cfg_scale', type=float, default=1.2)
   p.add_argument('--temperature', type=float, default=1.0)
   p.add_argument('--top_k', type=int, default=0)
@@ -82,8 +84,9 @@ def main(argv=None) -> None:
                                       batch_size=args.batch_size,
                                       mesh_config=gin_utils.MeshConfig())
   generations = pipeline.generate(
-      prompts, args.num_samples, sampling, args.seed, args.keep, scorer=None,
-      on_prompt_done=lambda i: log.info('prompt %d/%d done', i + 1, len(prompts)))
+      prompts, args.num_samples, sampling, args.seed, args.keep,
+      scorer=scorers.make_scorer(args.scorer) if args.scorer else None,
+      on_progress=progress.bar(f'{len(prompts)} prompts'))
   os.makedirs(args.out_dir, exist_ok=True)
   records = []
   for p_index, generation in enumerate(generations):

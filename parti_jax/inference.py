@@ -20,7 +20,7 @@ from PIL import Image
 
 from parti_jax import checkpoints, export, partitioning
 from parti_jax.config import TransformerConfig
-from parti_jax.data import features, vocab
+from parti_jax.data import features, text_ids, vocab
 from parti_jax.decoding import SamplingConfig, Sampler
 from parti_jax.errors import ConfigError
 from parti_jax.models import PartiModel
@@ -28,6 +28,7 @@ from parti_jax.tokenizer.api import ImageTokenizer
 
 log = logging.getLogger(__name__)
 Scorer = Callable[[np.ndarray, Sequence[str]], np.ndarray]
+Progress = Callable[[int, int], None]
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ class Pipeline:
     self.batch_size = batch_size
     mesh_config = mesh_config or partitioning.MeshConfig()
     self.sampler = Sampler(PartiModel(config), mesh_config.make_mesh(), mesh_config.rules)
-    self._empty = features.unconditional_text_tokens(config.max_text_length)
+    self._empty = text_ids.unconditional_text_tokens(config.max_text_length)
 
   @classmethod
   def from_checkpoint(cls, checkpoint_dir: str, tokenizer_dir: str, batch_size: int = 16,
@@ -87,9 +88,10 @@ class Pipeline:
   def generate(self, prompts: Sequence[str], num_samples: int = 4,
                sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
                keep: Optional[int] = None, scorer: Optional[Scorer] = None,
-               on_prompt_done: Optional[Callable[[int], None]] = None) -> List[Generation]:
+               on_progress: Optional[Progress] = None) -> List[Generation]:
     """Samples `num_samples` images per prompt, keeps `keep` of them (the
-    best by `scorer`; all when keep is None)."""
+    best by `scorer`; all when keep is None). `on_progress(done, total)`
+    hears of each sampled batch, in images."""
     if not prompts:
       raise ConfigError('no prompts to generate from')
     keep = num_samples if keep is None else keep
@@ -97,6 +99,8 @@ class Pipeline:
       raise ConfigError(f'keep must lie in 1..num_samples ({num_samples}), got {keep}')
     if keep < num_samples and scorer is None:
       raise ConfigError(f'keeping {keep} of {num_samples} samples needs a scorer to rank them')
+    if hasattr(scorer, 'check_prompts'):  # Fail before sampling, not after.
+      scorer.check_prompts(prompts)
     texts, cut = zip(*(features.prompt_tokens(p, self.vocabulary, self.config.max_text_length)
                        for p in prompts))
     for prompt, was_cut in zip(prompts, cut):
@@ -104,7 +108,7 @@ class Pipeline:
         log.warning('prompt cut to %d text tokens: %.60s...', self.config.max_text_length,
                     prompt)
     rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
-    tokens = self._sample_rows(np.stack(texts), rows, sampling, seed)
+    tokens = self._sample_rows(np.stack(texts), rows, sampling, seed, on_progress)
     images = np.asarray(self.tokenizer.decode(tokens))
     pixels = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
     results = []
@@ -119,12 +123,10 @@ class Pipeline:
           prompt=prompt, images=[Image.fromarray(pixels[mine][i]) for i in order],
           sample_indices=order, tokens=tokens[mine][order], scores=scores,
           prompt_truncated=cut[p]))
-      if on_prompt_done is not None:
-        on_prompt_done(p)
     return results
 
-  def _sample_rows(self, texts: np.ndarray, rows, sampling: SamplingConfig,
-                   seed: int) -> np.ndarray:
+  def _sample_rows(self, texts: np.ndarray, rows, sampling: SamplingConfig, seed: int,
+                   on_progress: Optional[Progress]) -> np.ndarray:
     """Image tokens for each (prompt index, sample index) row, in batches of
     batch_size rows (the last one padded, so one compiled shape serves all)."""
     base = jax.random.key(seed)
@@ -136,4 +138,6 @@ class Pipeline:
       keys = jnp.stack([jax.random.fold_in(base, s) for _, s in padded])
       sampled = self.sampler(self.params, text, keys, sampling, self._empty)
       out.append(np.asarray(sampled)[:len(chunk)])
+      if on_progress is not None:
+        on_progress(start + len(chunk), len(rows))
     return np.concatenate(out)

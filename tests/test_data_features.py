@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from parti_jax.data import features
+from parti_jax.data import features, text_ids
 from parti_jax.data.vocab import load_vocabulary
 from parti_jax.errors import ConfigError
 
@@ -36,7 +36,7 @@ def test_a_long_caption_is_truncated_keeping_eos_last():
 
 
 def test_the_empty_caption_is_the_unconditional_input():
-  unconditional = features.unconditional_text_tokens(6)
+  unconditional = text_ids.unconditional_text_tokens(6)
   assert unconditional.dtype == np.int32
   assert unconditional.tolist() == [EOS, 0, 0, 0, 0, 0]
   padded = np.zeros(6, np.int32)
@@ -138,7 +138,7 @@ def test_caption_dropout_rate_is_within_binomial_tolerance():
   # 4 standard deviations: a correct implementation fails this once in ~16,000 seeds.
   assert abs(dropped.sum() - expected) <= 4 * std
   np.testing.assert_array_equal(tokens[dropped],
-                                np.tile(features.unconditional_text_tokens(4), [dropped.sum(), 1]))
+                                np.tile(text_ids.unconditional_text_tokens(4), [dropped.sum(), 1]))
   np.testing.assert_array_equal(tokens[~dropped], np.tile([7, 8, EOS, 0], [(~dropped).sum(), 1]))
 
 

@@ -6,10 +6,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from parti_jax import export
 from parti_jax.decoding import SamplingConfig
 from parti_jax.errors import ConfigError
+from parti_jax.eval import shapes_judge
 from parti_jax.generate import read_prompts
 from parti_jax.inference import Pipeline
 from parti_jax.models import PartiModel
@@ -75,20 +77,25 @@ def generate(dirs, out_dir, *extra):
 def test_the_command_writes_images_and_cfg_scale_reaches_the_logits(dirs, tmp_path):
   """With --cfg_scale=0 only the empty caption counts: two prompts sample the
   same tokens. With 1 they differ."""
-  prompts = ('--prompt=a small red circle', '--prompt=a large blue square above a green star')
+  prompts = ('--prompt=a small red circle', '--prompt=a large blue square above a small green diamond')
   tokens = {}
-  for scale in ('0', '1'):
+  # Scale 1 also reranks with the shapes judge.
+  for scale, rerank in (('0', ()), ('1', ('--scorer=shapes_judge',))):
     out = tmp_path / f'scale{scale}'
-    result = generate(dirs, out, f'--cfg_scale={scale}', *prompts)
+    result = generate(dirs, out, f'--cfg_scale={scale}', *prompts, *rerank)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((out / 'generations.json').read_text())
     assert record['settings']['cfg_scale'] == float(scale)
     tokens[scale] = [g['tokens'] for g in record['generations']]
     for g in record['generations']:
       assert all((out / name).exists() for name in g['files'])
+      if rerank:  # Best first, each score the judge's verdict on its image.
+        judged = [shapes_judge.judge(np.asarray(Image.open(out / name)), g['prompt']).score
+                  for name in g['files']]
+        assert g['scores'] == judged == sorted(judged, reverse=True)
     assert (out / 'p0001_grid.png').exists()
   assert tokens['0'][0] == tokens['0'][1]
-  assert tokens['1'][0] != tokens['1'][1]
+  assert sorted(tokens['1'][0]) != sorted(tokens['1'][1])
 
 
 def test_the_command_reads_parti_prompts_and_refuses_bad_input(dirs, tmp_path):
@@ -104,6 +111,9 @@ def test_the_command_reads_parti_prompts_and_refuses_bad_input(dirs, tmp_path):
   assert result.stderr.strip().splitlines()[-1] == f'error: {empty} holds no prompts'
   with pytest.raises(ConfigError, match='prompts file not found'):
     read_prompts(str(tmp_path / 'missing.txt'))
+  result = generate(dirs, tmp_path / 'bad', f'--prompts_file={tsv}', '--scorer=shapes_judge')
+  assert result.returncode == 2
+  assert "the shapes_judge scorer reads only shapes prompts, not 'A red apple'" in result.stderr
   no_column = tmp_path / 'other.tsv'
   no_column.write_text('Text\tCategory\nA red apple\tFood\n')
   with pytest.raises(ConfigError, match='no Prompt column'):

@@ -24,17 +24,11 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from parti_jax.data.text_ids import EMPTY_CAPTION_TOKENS, EOS_ID, PAD_ID  # pylint: disable=unused-import (PAD_ID re-exported)
+from parti_jax.data.text_ids import check_length as _check_length, pad as _pad_numpy
 from parti_jax.errors import ConfigError
 
-# The T5 / seqio special ids; vocab.py trains SentencePiece models with them.
-PAD_ID = 0
-EOS_ID = 1
-
 Example = Dict[str, tf.Tensor]
-
-# What the empty caption tokenizes to. Caption dropout at training time and the
-# sampler's unconditional branch must both use exactly this.
-_EMPTY_CAPTION_TOKENS = (EOS_ID,)
 # Mixed into the caption-dropout seed so that its draws are unrelated to any
 # other per-example random stream derived from the same (seed, example id).
 _CAPTION_DROPOUT_STREAM = 0xC0D0
@@ -69,12 +63,6 @@ def prompt_tokens(prompt: str, vocabulary: seqio.Vocabulary,
   return _pad_numpy(ids[:max_length - 1] + [EOS_ID], max_length), len(ids) > max_length - 1
 
 
-def unconditional_text_tokens(max_length: int) -> np.ndarray:
-  """The empty caption's encoder input, int32 [max_length]: [EOS, 0, 0, ...]."""
-  _check_length('max_length', max_length)
-  return _pad_numpy(_EMPTY_CAPTION_TOKENS, max_length)
-
-
 def drop_captions(example: Example, rate: float, seed: int, id_feature: str = 'index') -> Example:
   """Replaces 'text_tokens' by the empty caption's with probability `rate`.
 
@@ -97,7 +85,7 @@ def drop_captions(example: Example, rate: float, seed: int, id_feature: str = 'i
   draw = tf.random.stateless_uniform([], seed=_example_seed(seed, example[id_feature]),
                                      alg=_RNG_ALG)
   dropped = draw < rate
-  tokens = tf.cond(dropped, lambda: tf.constant(_EMPTY_CAPTION_TOKENS, tf.int32),
+  tokens = tf.cond(dropped, lambda: tf.constant(EMPTY_CAPTION_TOKENS, tf.int32),
                    lambda: example['text_tokens'])
   return {**example, 'text_tokens': tokens, 'caption_dropped': dropped}
 
@@ -195,16 +183,3 @@ def model_features_numpy(text_tokens: Union[Sequence[Sequence[int]], np.ndarray]
       'decoder_target_tokens': image,
       'decoder_loss_weights': np.ones(image.shape, np.float32),
   }
-
-
-def _pad_numpy(tokens: Sequence[int], length: int) -> np.ndarray:
-  if len(tokens) > length:
-    raise ValueError(f'{len(tokens)} text tokens do not fit text_length={length}')
-  padded = np.full([length], PAD_ID, np.int32)
-  padded[:len(tokens)] = tokens
-  return padded
-
-
-def _check_length(name: str, value: int) -> None:
-  if not isinstance(value, (int, np.integer)) or value < 1:
-    raise ConfigError(f'{name} must be a positive integer, got {value!r}')

@@ -200,7 +200,7 @@ def _placed(obj: Object, corner: Tuple[int, int], side: int) -> Object:
 
 
 @functools.lru_cache(maxsize=None)
-def _coverage(shape: str, side: int) -> np.ndarray:
+def shape_coverage(shape: str, side: int) -> np.ndarray:
   """Fraction of each pixel of a side x side box that `shape` covers."""
   n = side * _SUPERSAMPLE
   # Subpixel sample centres, in box coordinates scaled to [0, 1].
@@ -227,7 +227,7 @@ def render_scene(objects: Sequence[Mapping[str, Any]], resolution: int) -> np.nd
   image = np.full((resolution, resolution, 3), BACKGROUND, np.float32)
   for obj in objects:
     x0, y0, x1, y1 = obj['bbox']
-    alpha = _coverage(obj['shape'], x1 - x0)[..., None]
+    alpha = shape_coverage(obj['shape'], x1 - x0)[..., None]
     region = image[y0:y1, x0:x1]
     region[...] = region * (1 - alpha) + np.asarray(COLOURS[obj['colour']], np.float32) * alpha
   return np.round(image).astype(np.uint8)

@@ -29,7 +29,7 @@ import tensorflow as tf
 from parti_jax import cli
 from parti_jax.data import sources
 from parti_jax.data.errors import BadExample, NoUsableExamples, SkipCounter
-from parti_jax.data.features import EOS_ID, PAD_ID
+from parti_jax.data.text_ids import EOS_ID, PAD_ID
 from parti_jax.data.text import MAX_CAPTION_CHARS, clean_caption
 from parti_jax.errors import ConfigError
 
