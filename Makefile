@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# make demo DEMO=smoke (a few minutes) | default | long
+DEMO ?= default
 
 .PHONY: demo test test-slow bench clean
 
@@ -13,7 +15,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m parti_jax.demo --gin_file=models/parti_tiny.gin
+	$(PY) -m parti_jax.demo --preset=$(DEMO)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

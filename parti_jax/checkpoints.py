@@ -16,6 +16,7 @@ damaged step stays on disk (a read error may be passing) until the resumed run
 saves that step again and replaces it.
 """
 import logging
+import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
@@ -40,10 +41,11 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: Optional[int] = 3,
                keep_every: Optional[int] = None, asynchronous: bool = True):
-    self.directory = directory
+    # orbax refuses relative paths (deep inside a save); a user's may be one.
+    self.directory = directory if '://' in directory else os.path.abspath(directory)
     self._damaged = set()
     self._manager = ocp.CheckpointManager(
-        directory,
+        self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_every,
                                              enable_async_checkpointing=asynchronous))
 

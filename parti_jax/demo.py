@@ -1,67 +1,263 @@
-"""`make demo`: the tiny Parti model learning a synthetic text -> image-token task.
+"""`make demo`: the whole system on one laptop, from captions to judged pictures.
 
-Each caption is a few random text ids; its "image" is a grid of runs of
-codebook ids, one run per text id (a fixed mapping). The model must read the
-caption through cross-attention and lay the runs out in raster order, so the
-loss only falls if the encoder, the cross-attention and the causal decoder all
-work. Later issues replace these tokens with the real shapes pipeline.
+  python -m parti_jax.demo [--preset=default|smoke|long] [--out_dir=demo_out]
+
+Five stages, each the command a user would run, printed before it runs:
+
+  1. tokenizer  train the tiny ViT-VQGAN on 64x64 shapes
+  2. tokens     pre-tokenize training and validation images
+  3. parti      train parti_tiny on the tokens
+  4. judge      sample prompts on an unseen seed (one object, two objects,
+                held-out attribute combinations) with guidance, rerank them
+                with the shapes judge and score them
+  5. report     out_dir/index.html, out_dir/grids/*.png, out_dir/metrics.json
+
+Nothing is downloaded. The training data hold out a few attribute
+combinations (shapes_eval.DEMO_HELDOUT) to test composition. Rerunning resumes:
+finished stages are skipped, an interrupted training continues from its last
+checkpoint, and pre-tokenization redoes only unfinished shards. Each preset
+works in out_dir/work/PRESET, so presets never mix.
 """
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 import time
-from typing import Dict, Iterator
+from typing import Dict, List
 
-import jax
-import numpy as np
+from parti_jax import cli, progress
+from parti_jax.decoding import SamplingConfig
+from parti_jax.errors import ConfigError
+from parti_jax.eval import html_report, reconstruction, shapes_eval
+from parti_jax.generate import grid
 
-from parti_jax import cli, gin_utils, partitioning
-from parti_jax.config import TransformerConfig
-from parti_jax.trainer import Trainer, make_optimizer
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  tokenizer_steps: int
+  train_examples: int  # Pre-tokenized; training cycles through them.
+  validation_examples: int
+  parti_steps: int
+  prompts_per_set: int
+  num_samples: int  # Per prompt; the best one is kept (Parti's reranking).
+  cfg_scale: float
+  temperature: float = 1.0
+  reconstruction_examples: int = 512
 
 
-def synthetic_token_batches(cfg: TransformerConfig, batch_size: int,
-                            seed: int = 0) -> Iterator[Dict[str, np.ndarray]]:
-  rng = np.random.default_rng(seed)
-  # Text id -> codebook id, fixed for the whole run.
-  codebook_of = np.random.default_rng(1234).integers(0, cfg.image_vocab_size,
-                                                     cfg.text_vocab_size)
-  while True:
-    text = np.zeros((batch_size, cfg.max_text_length), np.int32)
-    image = np.zeros((batch_size, cfg.image_length), np.int32)
-    for row in range(batch_size):
-      words = rng.integers(2, cfg.text_vocab_size, rng.integers(1, 5))
-      text[row, :len(words)] = words
-      text[row, len(words)] = 1  # EOS
-      runs = np.array_split(np.arange(cfg.image_length), len(words))
-      for word, run in zip(words, runs):
-        image[row, run] = codebook_of[word]
-    inputs = np.concatenate([np.full((batch_size, 1), cfg.bos_id, np.int32), image[:, :-1]], 1)
-    yield dict(encoder_input_tokens=text, decoder_input_tokens=inputs,
-               decoder_target_tokens=image,
-               decoder_loss_weights=np.ones(image.shape, np.float32))
+PRESETS = {
+    # Every stage for a few steps: shows that the pipeline runs (a test runs it).
+    'smoke': Preset(tokenizer_steps=30, train_examples=256, validation_examples=64,
+                    parti_steps=30, prompts_per_set=3, num_samples=2, cfg_scale=3.0,
+                    reconstruction_examples=64),
+    'default': Preset(tokenizer_steps=1500, train_examples=16384, validation_examples=512,
+                      parti_steps=2000, prompts_per_set=32, num_samples=8, cfg_scale=3.0),
+    'long': Preset(tokenizer_steps=3000, train_examples=65536, validation_examples=1024,
+                   parti_steps=6000, prompts_per_set=64, num_samples=16, cfg_scale=3.0),
+}
+STAGES = ('tokenizer', 'tokens', 'parti', 'judge', 'report')
+
+
+def _shell_quote(arg: str) -> str:
+  """`arg` as a shell reads it, in double quotes where that is enough: gin
+  values hold single quotes, which shlex alone would write unreadably."""
+  if re.fullmatch(r'[\w@%+=:,./-]+', arg):
+    return arg
+  if not re.search(r'["$`\\!]', arg):
+    return f'"{arg}"'
+  return shlex.quote(arg)
+
+
+class Demo:
+  """The stages of one preset, with their folders and done-markers."""
+
+  def __init__(self, preset_name: str, out_dir: str):
+    self.name = preset_name
+    self.preset = PRESETS[preset_name]
+    self.out_dir = out_dir
+    self.work = os.path.join(out_dir, 'work', preset_name)
+    os.makedirs(self.work, exist_ok=True)
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.work, *parts)
+
+  def _marker(self, stage: str) -> str:
+    return self.path(f'{stage}.done.json')
+
+  def done(self, stage: str) -> bool:
+    return os.path.exists(self._marker(stage))
+
+  def mark_done(self, stage: str, seconds: float, **facts) -> None:
+    with open(self._marker(stage), 'w') as f:
+      json.dump(dict(seconds=seconds, **facts), f)
+
+  def stage_seconds(self) -> Dict[str, float]:
+    seconds = {}
+    for stage in STAGES:
+      if self.done(stage):
+        with open(self._marker(stage)) as f:
+          seconds[stage] = json.load(f)['seconds']
+    return seconds
+
+  def commands(self) -> Dict[str, List[List[str]]]:
+    """The shell commands of the training stages."""
+    p = self.preset
+    heldout = f'--gin.ShapesDataset.heldout={shapes_eval.DEMO_HELDOUT!r}'
+    tokenizer = self.path('tokenizer')
+    tokenize = ['-m', 'parti_jax.data.pretokenize', '--gin_file=data/shapes.gin',
+                '--gin_file=models/parti_tiny.gin', heldout,
+                f'--tokenizer_dir={tokenizer}/checkpoints']
+    return {
+        'tokenizer': [[
+            '-m', 'parti_jax.tokenizer.train', '--gin_file=tokenizer/vit_vqgan_tiny.gin',
+            '--gin_file=data/shapes.gin', heldout, f"--gin.MODEL_DIR='{tokenizer}'",
+            f'--gin.train_tokenizer.train_steps={p.tokenizer_steps}',
+            f'--gin.train_tokenizer.eval_examples={min(512, p.validation_examples)}']],
+        'tokens': [
+            tokenize + [f"--output_dir={self.path('tokens')}", '--split=train',
+                        f'--max_examples={p.train_examples}'],
+            tokenize + [f"--output_dir={self.path('validation_tokens')}", '--split=validation',
+                        f'--max_examples={p.validation_examples}']],
+        'parti': [[
+            '-m', 'parti_jax.train', '--gin_file=models/parti_tiny.gin',
+            '--gin_file=runs/pretrain_tiny.gin', '--gin_file=data/shapes.gin',
+            '--gin_file=data/pretokenized.gin', f"--gin.TOKENS_DIR='{self.path('tokens')}'",
+            f"--gin.VALIDATION_TOKENS_DIR='{self.path('validation_tokens')}'",
+            f"--gin.MODEL_DIR='{self.path('parti')}'", f'--gin.TRAIN_STEPS={p.parti_steps}',
+            f'--gin.train.checkpoint_every={max(p.parti_steps // 6, 10)}']],
+    }
+
+  def run_command_stage(self, stage: str, number: int) -> None:
+    start = time.perf_counter()
+    for command in self.commands()[stage]:
+      shown = ' '.join(_shell_quote(arg) for arg in command)
+      print(f'\n[{number}/{len(STAGES)}] {stage}: python {shown}', flush=True)
+      status = subprocess.run([sys.executable] + command, check=False).returncode
+      if status != 0:
+        raise ConfigError(f'stage {stage!r} failed (exit status {status}); fix the error above '
+                          'and run the demo again: finished stages are kept')
+    self.mark_done(stage, time.perf_counter() - start)
+
+  def judge(self, number: int) -> None:
+    """Samples, reranks and judges; writes the images and work/judge.json."""
+    from parti_jax.inference import Pipeline  # pylint: disable=import-outside-toplevel (JAX)
+    from parti_jax.tokenizer.api import ImageTokenizer  # pylint: disable=import-outside-toplevel
+    print(f'\n[{number}/{len(STAGES)}] judge: {self.preset.prompts_per_set} prompts per set, '
+          f'{self.preset.num_samples} samples each', flush=True)
+    start = time.perf_counter()
+    p = self.preset
+    tokenizer_dir = self.path('tokenizer', 'checkpoints')
+    tokenizer = ImageTokenizer.from_checkpoint(tokenizer_dir)
+    from parti_jax.evaluate import real_shapes  # pylint: disable=import-outside-toplevel
+    recon = reconstruction.reconstruction_metrics(
+        tokenizer, real_shapes(tokenizer.config.image_size, p.reconstruction_examples))
+    pipeline = Pipeline.from_checkpoint(self.path('parti', 'params'), tokenizer_dir,
+                                        batch_size=64)
+    sets = shapes_eval.prompt_sets(p.prompts_per_set, shapes_eval.DEMO_HELDOUT,
+                                   tokenizer.config.image_size)
+    sampling = SamplingConfig(cfg_scale=p.cfg_scale, temperature=p.temperature)
+    result = shapes_eval.evaluate(pipeline, sets, p.num_samples, sampling,
+                                  on_progress=progress.bar('sampling'))
+    files = shapes_eval.save_images(result.judged, os.path.join(self.out_dir, 'images'))
+    os.makedirs(os.path.join(self.out_dir, 'grids'), exist_ok=True)
+    for name, prompts in result.judged.items():
+      grid([prompt.images[0] for prompt in prompts], columns=8).save(  # The kept samples.
+          os.path.join(self.out_dir, 'grids', f'{name}.png'))
+    record = dict(
+        summaries=result.summaries, reconstruction=recon, sampling_seconds=result.seconds,
+        prompts={name: [dict(prompt=j.prompt, files=files[name][i],
+                             scores=[x.score for x in j.judgements],
+                             correct=[x.correct for x in j.judgements],
+                             sample_indices=j.sample_indices)
+                        for i, j in enumerate(prompts)]
+                 for name, prompts in result.judged.items()})
+    with open(self.path('judge.json'), 'w') as f:
+      json.dump(record, f, indent=1)
+    self.mark_done('judge', time.perf_counter() - start)
+
+  def report(self, number: int, run_seconds: float) -> Dict[str, float]:
+    """metrics.json and index.html from work/judge.json."""
+    print(f'\n[{number}/{len(STAGES)}] report: {self.out_dir}/index.html', flush=True)
+    with open(self.path('judge.json')) as f:
+      judged = json.load(f)
+    summaries, recon = judged['summaries'], judged['reconstruction']
+    p = self.preset
+    metrics = {
+        'preset': self.name,
+        'one_object_accuracy': summaries['one_object']['best_of_n']['full_accuracy'],
+        'two_object_accuracy': summaries['two_object']['best_of_n']['full_accuracy'],
+        'heldout_combo_accuracy': summaries['heldout_combo']['best_of_n']['full_accuracy'],
+        'one_object_accuracy_single_sample': summaries['one_object']['single']['full_accuracy'],
+        'two_object_accuracy_single_sample': summaries['two_object']['single']['full_accuracy'],
+        'heldout_combo_accuracy_single_sample':
+            summaries['heldout_combo']['single']['full_accuracy'],
+        'tokenizer_psnr': recon['psnr'], 'tokenizer_ssim': recon['ssim'],
+        'tokenizer_codebook_usage': recon['codebook_usage'],
+        'minutes': sum(self.stage_seconds().values()) / 60,
+        'minutes_this_run': run_seconds / 60,
+        'stage_minutes': {k: v / 60 for k, v in self.stage_seconds().items()},
+        'reranking': f'best of {p.num_samples} by the shapes judge',
+        'settings': dataclasses.asdict(p), 'heldout_combinations': shapes_eval.DEMO_HELDOUT,
+        'summaries': summaries,
+    }
+    with open(os.path.join(self.out_dir, 'metrics.json'), 'w') as f:
+      json.dump(metrics, f, indent=1)
+    self._write_page(judged, metrics)
+    return metrics
+
+  def _write_page(self, judged: dict, metrics: dict) -> None:
+    titles = {'one_object': 'One object', 'two_object': 'Two objects with a relation',
+              'heldout_combo': 'Held-out attribute combinations'}
+    sections = []
+    for name, prompts in judged['prompts'].items():
+      rows = [html_report.Row(entry['prompt'], [
+          html_report.Image(os.path.join('images', file),
+                            f"#{sample} {score:.2f}", correct)
+          for file, sample, score, correct in zip(entry['files'], entry['sample_indices'],
+                                                  entry['scores'], entry['correct'])])
+              for entry in prompts]
+      sections.append(html_report.Section(
+          titles[name], rows, 'Samples best first (#: sample number; the judge\'s score, '
+          'green: every attribute right).'))
+    table = [{'prompts': titles[name], 'best of n': s['best_of_n']['full_accuracy'],
+              '1 of 1': s['single']['full_accuracy'], 'colour': s['single']['colour_accuracy'],
+              'shape': s['single']['shape_accuracy'], 'size': s['single']['size_accuracy'],
+              'count': s['single']['count_accuracy'],
+              'relation': s['single']['relation_accuracy']}
+             for name, s in judged['summaries'].items()]
+    settings = {**metrics['settings'], 'held out of training': ', '.join(
+        shapes_eval.DEMO_HELDOUT), 'minutes': round(metrics['minutes'], 1),
+                'tokenizer PSNR (dB)': round(metrics['tokenizer_psnr'], 2)}
+    html_report.write_page(os.path.join(self.out_dir, 'index.html'),
+                           f'parti_jax demo ({self.name})', sections, settings,
+                           {'Full-prompt accuracy (attributes: one sample)': table},
+                           image_size=96)
 
 
 def main(argv=None) -> None:
-  p = cli.parser(__doc__)
-  p.add_argument('--steps', type=int, default=300)
-  p.add_argument('--batch_size', type=int, default=16)
-  p.add_argument('--learning_rate', type=float, default=3e-3)
-  args = cli.parse_with_gin(p, argv)
-  model = gin_utils.PartiModel()
-  mesh_config = gin_utils.MeshConfig()
-  mesh = mesh_config.make_mesh()
-  trainer = Trainer(model, make_optimizer(args.learning_rate, name='adamw', weight_decay=0.0),
-                    mesh, mesh_config.rules)
-  state = trainer.init_state()
-  batches = synthetic_token_batches(model.config, args.batch_size)
-  print(f'parti_tiny on {len(jax.devices())} {jax.devices()[0].platform} device(s), '
-        f'{args.steps} steps of batch {args.batch_size}', flush=True)
-  start = time.time()
-  for step in range(1, args.steps + 1):
-    batch = partitioning.host_to_global_batch(next(batches), mesh, mesh_config.rules)
-    state, metrics = trainer.train_step(state, batch)
-    if step == 1 or step % 25 == 0 or step == args.steps:
-      print(f'step {step:4d}  loss {float(metrics["loss"]):.4f}  '
-            f'token accuracy {float(metrics["accuracy"]):.3f}  ({time.time() - start:.0f} s)',
-            flush=True)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--preset', default='default', choices=sorted(PRESETS))
+  parser.add_argument('--out_dir', default='demo_out')
+  args = parser.parse_args(argv)
+  demo = Demo(args.preset, args.out_dir)
+  start = time.perf_counter()
+  for number, stage in enumerate(STAGES, start=1):
+    if stage != 'report' and demo.done(stage):
+      print(f'[{number}/{len(STAGES)}] {stage}: done in an earlier run', flush=True)
+    elif stage == 'judge':
+      demo.judge(number)
+    elif stage == 'report':
+      metrics = demo.report(number, time.perf_counter() - start)
+    else:
+      demo.run_command_stage(stage, number)
+  keys = ('one_object_accuracy', 'two_object_accuracy', 'heldout_combo_accuracy',
+          'tokenizer_psnr', 'minutes')
+  print(json.dumps({k: round(metrics[k], 4) for k in keys}))
 
 
 if __name__ == '__main__':

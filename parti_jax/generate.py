@@ -11,6 +11,7 @@ and out_dir/generations.json with every setting, the prompts, the files, the
 sampled token ids and (when reranked) the scores. --scorer names the reranker
 (`shapes_judge` for shapes prompts): with --keep it keeps the best samples.
 """
+import argparse
 import csv
 import json
 import os
@@ -22,7 +23,7 @@ from parti_jax import cli, gin_utils, progress
 from parti_jax.decoding import SamplingConfig
 from parti_jax.errors import ConfigError
 from parti_jax.eval import scorers
-from parti_jax.inference import Pipeline
+from parti_jax.inference import Generation, Pipeline
 
 
 
@@ -44,9 +45,9 @@ def read_prompts(path: str) -> List[str]:
   return prompts
 
 
-def grid(images: List[Image.Image]) -> Image.Image:
-  """The images side by side in rows of up to four."""
-  columns = min(len(images), 4)
+def grid(images: List[Image.Image], columns: int = 4) -> Image.Image:
+  """The images side by side in rows of up to `columns`."""
+  columns = min(len(images), columns)
   rows = -(-len(images) // columns)
   width, height = images[0].size
   canvas = Image.new('RGB', (columns * width, rows * height), 'white')
@@ -55,13 +56,11 @@ def grid(images: List[Image.Image]) -> Image.Image:
   return canvas
 
 
-def main(argv=None) -> None:
-  p = cli.parser(__doc__)
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+  """The flags of sampling, reranking and output that every generating command shares."""
   p.add_argument('--checkpoint_dir', required=True,
                  help='MODEL_DIR/params (the export) or MODEL_DIR/checkpoints')
   p.add_argument('--tokenizer_dir', required=True, help='the image tokenizer\'s checkpoints')
-  p.add_argument('--prompt', action='append', default=[])
-  p.add_argument('--prompts_file', default=None)
   p.add_argument('--num_samples', type=int, default=4, help='samples per prompt')
   p.add_argument('--keep', type=int, default=None,
                  help='samples kept per prompt (the best by the scorer); default: all')
@@ -74,31 +73,50 @@ def main(argv=None) -> None:
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--batch_size', type=int, default=16, help='rows sampled at once')
   p.add_argument('--out_dir', required=True)
-  args = cli.parse_with_gin(p, argv)
-  prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
-  if not prompts:
-    raise ConfigError('no prompts: pass --prompt="..." or --prompts_file=...')
+
+
+def generate_from_flags(args: argparse.Namespace, prompts: List[str]) -> List[Generation]:
+  """Loads the model the flags name and samples the prompts as they say."""
   sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             cfg_scale=args.cfg_scale)
   pipeline = Pipeline.from_checkpoint(args.checkpoint_dir, args.tokenizer_dir,
                                       batch_size=args.batch_size,
                                       mesh_config=gin_utils.MeshConfig())
-  generations = pipeline.generate(
+  return pipeline.generate(
       prompts, args.num_samples, sampling, args.seed, args.keep,
       scorer=scorers.make_scorer(args.scorer) if args.scorer else None,
       on_progress=progress.bar(f'{len(prompts)} prompts'))
-  os.makedirs(args.out_dir, exist_ok=True)
+
+
+def save_generations(generations: List[Generation], out_dir: str) -> List[dict]:
+  """Writes pPPPP_sSS.png per kept sample and pPPPP_grid.png per prompt into
+  out_dir; returns a record per prompt (files relative to out_dir)."""
+  os.makedirs(out_dir, exist_ok=True)
   records = []
   for p_index, generation in enumerate(generations):
     files = []
     for image, sample in zip(generation.images, generation.sample_indices):
       files.append(f'p{p_index:04d}_s{sample:02d}.png')
-      image.save(os.path.join(args.out_dir, files[-1]))
-    grid(generation.images).save(os.path.join(args.out_dir, f'p{p_index:04d}_grid.png'))
+      image.save(os.path.join(out_dir, files[-1]))
+    grid(generation.images).save(os.path.join(out_dir, f'p{p_index:04d}_grid.png'))
     records.append(dict(prompt=generation.prompt, files=files,
                         sample_indices=generation.sample_indices,
                         scores=generation.scores, prompt_truncated=generation.prompt_truncated,
                         tokens=generation.tokens.tolist()))
+  return records
+
+
+def main(argv=None) -> None:
+  p = cli.parser(__doc__)
+  p.add_argument('--prompt', action='append', default=[])
+  p.add_argument('--prompts_file', default=None)
+  add_sampling_flags(p)
+  args = cli.parse_with_gin(p, argv)
+  prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
+  if not prompts:
+    raise ConfigError('no prompts: pass --prompt="..." or --prompts_file=...')
+  generations = generate_from_flags(args, prompts)
+  records = save_generations(generations, args.out_dir)
   settings = {k: v for k, v in vars(args).items() if k not in ('prompt', 'gin_file')}
   with open(os.path.join(args.out_dir, 'generations.json'), 'w') as f:
     json.dump(dict(settings=settings, generations=records), f, indent=1)

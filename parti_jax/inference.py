@@ -131,6 +131,8 @@ class Pipeline:
     batch_size rows (the last one padded, so one compiled shape serves all)."""
     base = jax.random.key(seed)
     out = []
+    if on_progress is not None:
+      on_progress(0, len(rows))
     for start in range(0, len(rows), self.batch_size):
       chunk = rows[start:start + self.batch_size]
       padded = chunk + [chunk[-1]] * (self.batch_size - len(chunk))

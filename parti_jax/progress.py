@@ -7,7 +7,8 @@ import tqdm
 
 def bar(description: str, unit: str = 'img') -> Callable[[int, int], None]:
   """An `on_progress(done, total)` callback that draws a bar on stderr,
-  opened at the first call and closed when done reaches total."""
+  opened at the first call (best with done 0, before the work starts, so the
+  rate is right) and closed when done reaches total."""
   state = {}
 
   def update(done: int, total: int) -> None:

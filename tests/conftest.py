@@ -74,6 +74,22 @@ def write_random_tokenizer(directory, image_size: int, patch_size: int,
   checkpointer.close()
 
 
+def write_random_model(root):
+  """A random small Parti export (root/model, byte vocabulary) and a tokenizer
+  to match (root/tokenizer, 16x16 images, 16 tokens of 64 codes): what the
+  generating commands need, in seconds. Returns root."""
+  # pylint: disable=import-outside-toplevel
+  from flax import linen as nn
+  from parti_jax import export
+  from parti_jax.models import PartiModel
+  # pylint: enable=import-outside-toplevel
+  write_random_tokenizer(root / 'tokenizer', image_size=16, patch_size=4, codebook_size=64)
+  cfg = small_config(text_vocab_size=300)  # bytes: 259 ids
+  params = nn.unbox(PartiModel(cfg).init_variables(jax.random.key(0)))['params']
+  export.export_params(str(root / 'model'), 7, params, cfg, {export.VOCABULARY_KEY: None})
+  return root
+
+
 @pytest.fixture(scope='session')
 def eight_devices():
   devices = jax.devices()

@@ -2,30 +2,22 @@
 tokenizer small enough to sample in seconds."""
 import json
 
-import flax.linen as nn
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from parti_jax import export
 from parti_jax.decoding import SamplingConfig
 from parti_jax.errors import ConfigError
 from parti_jax.eval import shapes_judge
 from parti_jax.generate import read_prompts
 from parti_jax.inference import Pipeline
-from parti_jax.models import PartiModel
-from tests.conftest import run_module, small_config, write_random_tokenizer
+from tests.conftest import run_module, write_random_model, write_random_tokenizer
 
 
 @pytest.fixture(scope='module')
 def dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp('generate')
-  write_random_tokenizer(root / 'tokenizer', image_size=16, patch_size=4, codebook_size=64)
+  root = write_random_model(tmp_path_factory.mktemp('generate'))
   write_random_tokenizer(root / 'tokenizer_128', image_size=16, patch_size=4, codebook_size=128)
-  cfg = small_config(text_vocab_size=300)  # bytes: 259 ids
-  params = nn.unbox(PartiModel(cfg).init_variables(jax.random.key(0)))['params']
-  export.export_params(str(root / 'model'), 7, params, cfg, {export.VOCABULARY_KEY: None})
   return root
 
 

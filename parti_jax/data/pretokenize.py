@@ -27,7 +27,7 @@ import tensorflow as tf  # pylint: disable=g-bad-import-order
 
 import jax  # pylint: disable=g-bad-import-order
 
-from parti_jax import cli
+from parti_jax import cli, multihost
 from parti_jax.data import configured, tasks
 from parti_jax.tokenizer.api import ImageTokenizer
 
@@ -112,6 +112,7 @@ def main(argv=None) -> None:
   p.add_argument('--max_examples', type=int, default=None,
                  help='stop after this many per process (shapes is infinite)')
   args = cli.parse_with_gin(p, argv)
+  multihost.initialize()  # Each process writes its own shards: it must know its index.
   task = configured.task_from_gin()
   tokenizer = ImageTokenizer.from_checkpoint(args.tokenizer_dir)
   examples = tasks.examples(task, args.split, jax.process_index(), jax.process_count())

@@ -9,6 +9,7 @@ reranking, here with the judge as the scorer, so best-of-n is an upper bound on
 what a learned reranker could pick).
 """
 import dataclasses
+import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -107,3 +108,19 @@ def evaluate(pipeline, sets: Dict[str, List[str]], num_samples: int,
             for name, prompts in sets.items()}
   return Evaluation(judged, {name: accuracy_summary(j) for name, j in judged.items()},
                     time.perf_counter() - start)
+
+
+def save_images(judged: Dict[str, List[JudgedPrompt]], directory: str) -> Dict[str, List[List[str]]]:
+  """Writes every sample as directory/SET/pPPP_sSS.png (SS: its sample number);
+  returns the files of each prompt, best first, relative to `directory`."""
+  files = {}
+  for name, prompts in judged.items():
+    os.makedirs(os.path.join(directory, name), exist_ok=True)
+    files[name] = []
+    for p_index, prompt in enumerate(prompts):
+      names = [os.path.join(name, f'p{p_index:03d}_s{sample:02d}.png')
+               for sample in prompt.sample_indices]
+      for image, file in zip(prompt.images, names):
+        image.save(os.path.join(directory, file))
+      files[name].append(names)
+  return files
