@@ -1,12 +1,14 @@
 """Shape and numerics of the Parti encoder-decoder (Parti §2.2, Table 1).
 
-A plain dataclass so the network modules stay free of gin; gin_registry.py
+A plain dataclass so the network modules stay free of gin; gin_utils.py
 makes it configurable for the entry points.
 """
 import dataclasses
 from typing import Optional, Sequence, Tuple
 
 import jax.numpy as jnp
+
+from parti_jax.errors import ConfigError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -48,11 +50,11 @@ class TransformerConfig:
 
   def __post_init__(self):
     if self.dtype not in _DTYPES:
-      raise ValueError(f'dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}')
+      raise ConfigError(f'dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}')
     if self.remat_policy not in ('none', 'full'):
-      raise ValueError(f"remat_policy must be 'none' or 'full', got {self.remat_policy!r}")
+      raise ConfigError(f"remat_policy must be 'none' or 'full', got {self.remat_policy!r}")
     if self.head_dim is None and self.emb_dim % self.num_heads:
-      raise ValueError(f'emb_dim {self.emb_dim} is not divisible by num_heads {self.num_heads}')
+      raise ConfigError(f'emb_dim {self.emb_dim} is not divisible by num_heads {self.num_heads}')
 
   @property
   def compute_dtype(self):

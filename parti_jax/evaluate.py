@@ -1,7 +1,7 @@
 """Evaluate a trained model: judged shapes accuracy (by guidance scale, single
 sample and best of n), the tokenizer's reconstruction, and a Frechet distance.
 
-  python -m parti_jax.evaluate --gin_file=eval/shapes.gin \\
+  python -m parti_jax.evaluate --gin_file=eval/guidance_sweep.gin \\
       --gin.evaluate.checkpoint_dir="'/tmp/parti/params'" \\
       --gin.evaluate.tokenizer_dir="'/tmp/tok/checkpoints'" \\
       --gin.evaluate.out_dir="'/tmp/parti_eval'" --gin.evaluate.cfg_scales="(0, 1, 1.2, 2, 3, 5)"

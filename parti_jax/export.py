@@ -35,6 +35,9 @@ def export_params(directory: str, step: int, params: PyTree, config: Transformer
                   extra_metadata: Optional[Dict[str, Any]] = None) -> None:
   """Writes `params` and the config as step `step` of `directory`."""
   exporter = checkpoints.Checkpointer(directory, max_to_keep=1)
+  if step in exporter.all_steps():  # A finished run, relaunched: already written.
+    exporter.close()
+    return
   exporter.save(step, {'params': params},
                 dict(extra_metadata or {}, **{MODEL_CONFIG_KEY: config_to_json(config)}))
   exporter.close()

@@ -33,7 +33,7 @@ def read_prompts(path: str) -> List[str]:
     raise ConfigError(f'prompts file not found: {path}')
   with open(path, newline='', encoding='utf-8') as f:
     if path.endswith('.tsv'):
-      reader = csv.DictReader(f, delimiter='\t')
+      reader = csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)
       if 'Prompt' not in (reader.fieldnames or []):
         raise ConfigError(f'{path} has no Prompt column (columns: {reader.fieldnames})')
       prompts = [row['Prompt'].strip() for row in reader]

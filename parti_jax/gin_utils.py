@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
 import gin
+from etils import epath
 
 from parti_jax import partitioning, trainer
 from parti_jax.config import TransformerConfig
@@ -94,3 +95,10 @@ def _parse_resolved(gin_files: Iterable[str], bindings: Iterable[str],
       gin.parse_config(binding)
     except Exception as e:
       raise ConfigError(f'in gin binding {binding!r}: {one_line(e)}') from e
+
+
+def write_operative_config(model_dir: str) -> None:
+  """MODEL_DIR/config.gin: every binding the run used, local or on gs://."""
+  directory = epath.Path(model_dir)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / 'config.gin').write_text(gin.operative_config_str())

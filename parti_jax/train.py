@@ -173,9 +173,12 @@ def train(task=None, model_dir: str = gin.REQUIRED, model: PartiModel = gin.REQU
   if not has_validation:
     log.info('task %s has no validation split: no evaluation loss', task.name)
   writer = metrics.create_writer(model_dir, primary)
+  vocabulary = task.output_features['text_tokens'].vocabulary
+  if vocabulary.vocab_size > model.config.text_vocab_size:
+    raise ConfigError(f'the text vocabulary has {vocabulary.vocab_size} ids but the model embeds '
+                      f'only {model.config.text_vocab_size} (TransformerConfig.text_vocab_size)')
   metadata = {export.MODEL_CONFIG_KEY: export.config_to_json(model.config), 'seed': seed,
-              export.VOCABULARY_KEY: vocab.vocabulary_spec(
-                  task.output_features['text_tokens'].vocabulary)}
+              export.VOCABULARY_KEY: vocab.vocabulary_spec(vocabulary)}
 
   def save(step: int) -> None:
     checkpointer.save(step, state_items(state),
@@ -202,7 +205,7 @@ def train(task=None, model_dir: str = gin.REQUIRED, model: PartiModel = gin.REQU
                                            on_nonfinite, checkpointer)
         pending = (done, step_metrics)
         if done == start + 1 and primary:
-          _write_operative_config(model_dir)
+          gin_utils.write_operative_config(model_dir)
         if done % log_every == 0 or done == train_steps:
           last_logged = _log_step(done, step_metrics, progress, loop, peak, skipped_updates,
                                   tasks.skip_counts(task.name), writer)
@@ -235,12 +238,6 @@ def train(task=None, model_dir: str = gin.REQUIRED, model: PartiModel = gin.REQU
   export.export_params(os.path.join(model_dir, 'params'), int(state.step), state.params,
                        model.config, {k: metadata[k] for k in ('seed', export.VOCABULARY_KEY)})
   return dict(last_logged, **last_eval, step=int(state.step))
-
-
-def _write_operative_config(model_dir: str) -> None:
-  os.makedirs(model_dir, exist_ok=True)
-  with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
-    f.write(gin.operative_config_str())
 
 
 def _log_step(step: int, step_metrics, progress: metrics.Progress, loop: _Loop, peak: float,

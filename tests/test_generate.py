@@ -106,6 +106,10 @@ def test_the_command_reads_parti_prompts_and_refuses_bad_input(dirs, tmp_path):
   result = generate(dirs, tmp_path / 'bad', f'--prompts_file={tsv}', '--scorer=shapes_judge')
   assert result.returncode == 2
   assert "the shapes_judge scorer reads only shapes prompts, not 'A red apple'" in result.stderr
+  quoted = tmp_path / 'quoted.tsv'  # Quotes are part of prompts, never TSV syntax.
+  quoted.write_text('Prompt\tCategory\n"A sign that says ""hi""\tWriting\nA "red apple\tFood\n'
+                    'A dog\tAnimals\n')
+  assert read_prompts(str(quoted)) == ['"A sign that says ""hi""', 'A "red apple', 'A dog']
   no_column = tmp_path / 'other.tsv'
   no_column.write_text('Text\tCategory\nA red apple\tFood\n')
   with pytest.raises(ConfigError, match='no Prompt column'):

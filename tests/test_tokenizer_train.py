@@ -70,6 +70,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith('error: no tokenizer checkpoint in')
 
 
+@pytest.mark.slow  # 26 s; the folder source itself is tested fast in test_data_sources.py.
 def test_training_on_a_folder_of_photo_crops(tmp_path):
   """The tokenizer trains on the user's own images (data/folder.gin), held-out
   metrics from the validation folder; crops as photo_crops writes them."""

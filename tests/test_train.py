@@ -168,7 +168,8 @@ def test_a_damaged_latest_checkpoint_is_skipped(reference_run, tokenizer_dir, tm
   assert f'resumed from step {STEPS - 2}' in result.stderr
 
 
-@pytest.mark.parametrize('target_mesh', [dict(data=1), dict(data=4, model=2)])
+@pytest.mark.parametrize('target_mesh', [pytest.param(dict(data=1), marks=pytest.mark.slow),
+                                         dict(data=4, model=2)])
 def test_checkpoint_restores_on_another_mesh(eight_devices, tmp_path, target_mesh):
   """Written on a 2x4 (data x model) mesh of 8 devices; restored on 1 device
   and on a 4x2 mesh with the same values."""

@@ -5,7 +5,6 @@ import optax
 import pytest
 
 from parti_jax import partitioning
-from parti_jax.demo import synthetic_token_batches
 from parti_jax.errors import ConfigError
 from parti_jax.models import PartiModel
 from parti_jax.trainer import Trainer, make_optimizer, warmup_exponential_decay
@@ -35,6 +34,28 @@ def test_gradient_clipping_caps_the_update():
   np.testing.assert_allclose(small['w'], huge['w'], rtol=1e-4)
   with pytest.raises(ConfigError, match='unknown optimizer'):
     make_optimizer(0.1, name='sgd')
+
+
+def synthetic_token_batches(cfg, batch_size: int, seed: int = 0):
+  """A task the model can only learn through the encoder, cross-attention and
+  the causal decoder together: each caption is a few random text ids, its image
+  one run of a fixed codebook id per text id, in raster order."""
+  rng = np.random.default_rng(seed)
+  codebook_of = np.random.default_rng(1234).integers(0, cfg.image_vocab_size,
+                                                     cfg.text_vocab_size)
+  while True:
+    text = np.zeros((batch_size, cfg.max_text_length), np.int32)
+    image = np.zeros((batch_size, cfg.image_length), np.int32)
+    for row in range(batch_size):
+      words = rng.integers(2, cfg.text_vocab_size, rng.integers(1, 5))
+      text[row, :len(words)] = words
+      text[row, len(words)] = 1  # EOS
+      for word, run in zip(words, np.array_split(np.arange(cfg.image_length), len(words))):
+        image[row, run] = codebook_of[word]
+    inputs = np.concatenate([np.full((batch_size, 1), cfg.bos_id, np.int32), image[:, :-1]], 1)
+    yield dict(encoder_input_tokens=text, decoder_input_tokens=inputs,
+               decoder_target_tokens=image,
+               decoder_loss_weights=np.ones(image.shape, np.float32))
 
 
 @pytest.mark.parametrize('optimizer', ['adafactor', 'adamw'])

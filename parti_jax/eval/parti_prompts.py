@@ -43,7 +43,7 @@ def read_parti_prompts(path: str) -> List[PartiPrompt]:
     raise ConfigError(f'PartiPrompts file not found: {path} (download PartiPrompts.tsv from '
                       'https://github.com/google-research/parti)')
   with open(path, newline='', encoding='utf-8') as f:
-    reader = csv.DictReader(f, delimiter='\t')
+    reader = csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
       raise ConfigError(f'{path} lacks the column(s) {missing}; it has {reader.fieldnames}')

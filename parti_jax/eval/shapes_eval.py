@@ -19,8 +19,10 @@ from parti_jax.eval import shapes_judge
 
 # Held out of the demo's training data; every word still appears in training.
 DEMO_HELDOUT = ('red triangle', 'blue circle', 'large yellow square', 'small purple diamond')
-# Seed for evaluation prompts: training uses 0, training-time evaluation 1.
-PROMPT_SEED = 2
+# Seed for evaluation prompts: training uses 0, training-time evaluation 1;
+# the demo's sampling settings were chosen on seed 2's prompts, so its figures
+# come from prompts that choice never saw.
+PROMPT_SEED = 3
 
 
 def distinct_captions(dataset: ShapesDataset, count: int, max_draws: int = 100_000) -> List[str]:

@@ -153,9 +153,7 @@ def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.
     state = trainer.init_state(pretrained)
 
   if primary:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
-      f.write(gin.operative_config_str())
+    gin_utils.write_operative_config(model_dir)
   writer = metrics.create_writer(model_dir, primary)
   metadata = {api.CONFIG_KEY: api.config_to_json(config)}
   eval_dataset = eval_dataset or dataset
