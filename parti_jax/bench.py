@@ -236,11 +236,8 @@ def bench_tokenizer(preset: dict, steps: int, checkpoint_dir: Optional[str],
 
 
 def shapes_reconstruction(tokenizer: 'ImageTokenizer', num_examples: int, batch: int) -> dict:
-  """PSNR, SSIM, codebook usage and perplexity on shapes from a seed training
-  never used."""
-  data = ShapesDataset(seed=12345, resolution=tokenizer.config.image_size)
-  batches = (np.stack([data.example(i)['image'] for i in range(start, start + batch)])
-             for start in range(0, num_examples, batch))
+  """PSNR, SSIM, codebook usage and perplexity on shapes no run trains on."""
+  batches = reconstruction.heldout_shapes(tokenizer.config.image_size, num_examples, batch)
   return {f'heldout_{name}': value
           for name, value in reconstruction.reconstruction_metrics(tokenizer, batches).items()}
 

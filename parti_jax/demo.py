@@ -148,18 +148,16 @@ class Demo:
   def judge(self, number: int) -> None:
     """Samples, reranks and judges; writes the images and work/judge.json."""
     from parti_jax.inference import Pipeline  # pylint: disable=import-outside-toplevel (JAX)
-    from parti_jax.tokenizer.api import ImageTokenizer  # pylint: disable=import-outside-toplevel
     print(f'\n[{number}/{len(STAGES)}] judge: {self.preset.prompts_per_set} prompts per set, '
           f'{self.preset.num_samples} samples each', flush=True)
     start = time.perf_counter()
     p = self.preset
-    tokenizer_dir = self.path('tokenizer', 'checkpoints')
-    tokenizer = ImageTokenizer.from_checkpoint(tokenizer_dir)
-    from parti_jax.evaluate import real_shapes  # pylint: disable=import-outside-toplevel
+    pipeline = Pipeline.from_checkpoint(self.path('parti', 'params'),
+                                        self.path('tokenizer', 'checkpoints'), batch_size=64)
+    tokenizer = pipeline.tokenizer
     recon = reconstruction.reconstruction_metrics(
-        tokenizer, real_shapes(tokenizer.config.image_size, p.reconstruction_examples))
-    pipeline = Pipeline.from_checkpoint(self.path('parti', 'params'), tokenizer_dir,
-                                        batch_size=64)
+        tokenizer, reconstruction.heldout_shapes(tokenizer.config.image_size,
+                                                 p.reconstruction_examples))
     sets = shapes_eval.prompt_sets(p.prompts_per_set, shapes_eval.DEMO_HELDOUT,
                                    tokenizer.config.image_size)
     sampling = SamplingConfig(cfg_scale=p.cfg_scale, temperature=p.temperature, top_p=p.top_p)

@@ -19,7 +19,6 @@ import gin
 import numpy as np
 
 from parti_jax import checkpoints, cli, gin_utils, metrics, progress
-from parti_jax.data.shapes import ShapesDataset
 from parti_jax.decoding import SamplingConfig
 from parti_jax.errors import ConfigError
 from parti_jax.eval import frechet, reconstruction, shapes_eval
@@ -27,18 +26,6 @@ from parti_jax.inference import Pipeline
 
 log = logging.getLogger(__name__)
 EVALUATIONS = ('shapes', 'reconstruction', 'frechet')
-# Real images for reconstruction and Frechet distance: a seed neither training
-# (0), training-time evaluation (1) nor the prompts (2) use.
-REAL_IMAGES_SEED = 12345
-
-
-def real_shapes(resolution: int, count: int, batch: int = 64):
-  """Batches of uint8 shapes images no run trained on."""
-  data = ShapesDataset(seed=REAL_IMAGES_SEED, resolution=resolution, split='all')
-  for start in range(0, count, batch):
-    yield np.stack([data.example(i)['image'] for i in range(start, min(start + batch, count))])
-
-
 def feature_network(name: str, inception_weights: Optional[str]) -> frechet.FeatureNetwork:
   if name == 'inception':
     from parti_jax.eval import inception  # pylint: disable=import-outside-toplevel (large)
@@ -128,14 +115,14 @@ def evaluate(checkpoint_dir: str = gin.REQUIRED, tokenizer_dir: str = gin.REQUIR
                      for judged in result.judged.values() for j in judged]
   if 'reconstruction' in evaluations:
     summary['reconstruction'] = reconstruction.reconstruction_metrics(
-        pipeline.tokenizer, real_shapes(resolution, reconstruction_examples))
+        pipeline.tokenizer, reconstruction.heldout_shapes(resolution, reconstruction_examples))
   if 'frechet' in evaluations:
     if not generated:
       raise ConfigError("the frechet evaluation compares the 'shapes' evaluation's samples "
                         'with real images: run both')
     network = feature_network(frechet_network, inception_weights)
     summary['frechet'] = frechet.compare(network, [np.stack(generated)],
-                                         real_shapes(resolution, len(generated)))
+                                         reconstruction.heldout_shapes(resolution, len(generated)))
   write_summary(summary, out_dir)
   return summary
 

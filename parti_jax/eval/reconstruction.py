@@ -10,6 +10,11 @@ from typing import Dict, Iterable
 import numpy as np
 from scipy import ndimage
 
+from parti_jax.data.shapes import ShapesDataset
+
+# Real images for reconstruction and Frechet distance: a seed neither training
+# (0), training-time evaluation (1) nor the evaluation prompts (2, 3) use.
+HELDOUT_SHAPES_SEED = 12345
 _SSIM_SIGMA = 1.5
 _SSIM_TRUNCATE = 3.5  # Window radius 5: 11x11.
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
@@ -94,3 +99,10 @@ def reconstruction_metrics(tokenizer, image_batches: Iterable[np.ndarray]) -> Di
           'ssim': float(np.mean(np.concatenate(ssims))),
           **code_usage(np.concatenate(codes), tokenizer.codebook_size),
           'examples': int(sum(len(c) for c in codes))}
+
+
+def heldout_shapes(resolution: int, count: int, batch: int = 64) -> Iterable[np.ndarray]:
+  """Batches of uint8 shapes images that no run trains on."""
+  data = ShapesDataset(seed=HELDOUT_SHAPES_SEED, resolution=resolution, split='all')
+  for start in range(0, count, batch):
+    yield np.stack([data.example(i)['image'] for i in range(start, min(start + batch, count))])
