@@ -135,14 +135,15 @@ def bench_train(preset: dict, steps: int, dropout_rate: float, dtype: Optional[s
   }
 
 
-def bench_decode(preset: dict, repeats: int, dtype: Optional[str], prompts: int = 8) -> dict:
+def bench_decode(preset: dict, repeats: int, dtype: Optional[str], attention_block: int,
+                 prompts: int = 8) -> dict:
   """Guided sampling of `prompts` images (2 x prompts rows through the cache),
   against the same sampling without the cache and one cached forward step."""
   cfg = TransformerConfig(**dict(preset['config'], dtype=dtype or preset['config']['dtype']),
                           dropout_rate=0.0)
   model = PartiModel(cfg)
   mesh_config = partitioning.MeshConfig()
-  sampler = Sampler(model, mesh_config.make_mesh(), mesh_config.rules)
+  sampler = Sampler(model, mesh_config.make_mesh(), mesh_config.rules, attention_block)
   params = jax.jit(lambda: flax.linen.unbox(model.init_variables(jax.random.key(0)))['params'])()
   text = random_batch(cfg, prompts)['encoder_input_tokens']
   empty = unconditional_text_tokens(cfg.max_text_length)
@@ -175,6 +176,7 @@ def bench_decode(preset: dict, repeats: int, dtype: Optional[str], prompts: int 
       'cache_speedup': recompute_timing['median_s'] / seconds,
       f'forward{2 * prompts}_s': forward_timing['median_s'],
       'prompts': prompts, 'rows': 2 * prompts, 'cfg_scale': config.cfg_scale,
+      'attention_block': attention_block,
       'timing': cached_timing, 'config': dataclasses.asdict(cfg),
       'devices': [str(d) for d in jax.devices()],
   }
@@ -312,6 +314,9 @@ def main(argv=None) -> None:
                       help='matmul dtype (default: the preset\'s); the MFU peak is the '
                       'datasheet bf16 peak on known accelerators, else a matmul measured in '
                       'this dtype')
+  parser.add_argument('--attention_block', type=int, default=64,
+                      help='decode: the sampler grows its cache in blocks of this many '
+                      'positions (0: full length from the start)')
   parser.add_argument('--checkpoint_dir', default=None,
                       help='tokenizer: evaluate this trained tokenizer on held-out shapes')
   parser.add_argument('--eval_examples', type=int, default=512)
@@ -329,7 +334,7 @@ def main(argv=None) -> None:
   if args.what == 'train':
     result = bench_train(presets[preset], args.steps, args.dropout_rate, args.dtype)
   elif args.what == 'decode':
-    result = bench_decode(presets[preset], args.steps, args.dtype)
+    result = bench_decode(presets[preset], args.steps, args.dtype, args.attention_block)
   else:
     result = bench_tokenizer(presets[preset], args.steps, args.checkpoint_dir,
                              args.eval_examples, args.dtype)

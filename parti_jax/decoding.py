@@ -14,7 +14,7 @@ Forced tokens (an image prefix for continuation, or any mask for editing a
 region) replace the sample wherever `forced_mask` is set.
 """
 import dataclasses
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -84,13 +84,34 @@ def _unconditional_rows(text_tokens: Array, uncond_text_tokens: Optional[Array],
   return jnp.broadcast_to(jnp.asarray(uncond_text_tokens, jnp.int32), text_tokens.shape)
 
 
-class Sampler:
-  """Compiles the sampling loop of `model` once per shape, over `mesh`."""
+def cache_blocks(length: int, block: int) -> List[Tuple[int, int]]:
+  """[start, end) position ranges of `block` positions (the last may be
+  shorter) covering `length`; 0 or a block >= length: one range."""
+  block = block or length
+  return [(start, min(start + block, length)) for start in range(0, length, block)]
 
-  def __init__(self, model: PartiModel, mesh: Mesh, rules: partitioning.Rules):
+
+class Sampler:
+  """Compiles the sampling loop of `model` once per shape, over `mesh`.
+
+  attention_block: the loop runs in blocks of this many positions, and during
+    a block the self-attention cache holds only the positions up to the
+    block's end (model.resize_decode_cache), so a step reads on average about
+    half the cache it would read at full length; the outputs are the same.
+    Decoding reads every cached key and value at every step, so on memory-
+    bound hardware (CPUs) this is most of a step's time. Each block compiles
+    its own loop body: fewer, longer blocks compile faster. 0: one loop over
+    the full-length cache.
+  """
+
+  def __init__(self, model: PartiModel, mesh: Mesh, rules: partitioning.Rules,
+               attention_block: int = 64):
+    if attention_block < 0:
+      raise ConfigError(f'attention_block must be >= 0 (0: off), got {attention_block}')
     self.model = model
     self.mesh = mesh
     self.rules = rules
+    self.attention_block = attention_block
     self._sample = jax.jit(self._sample_impl, static_argnames=('config', 'guided'))
     self._recompute = jax.jit(self._recompute_impl, static_argnames=('config', 'guided'))
 
@@ -152,9 +173,14 @@ class Sampler:
       token = jnp.where(forced_mask[:, position], forced_tokens[:, position], token)
       return (cache, token), token
 
-    start = jnp.full((batch,), model.config.bos_id, jnp.int32)
-    _, tokens = jax.lax.scan(step, (cache, start), jnp.arange(model.config.image_length))
-    return tokens.T
+    previous = jnp.full((batch,), model.config.bos_id, jnp.int32)
+    tokens = []
+    for start, end in cache_blocks(model.config.image_length, self.attention_block):
+      cache = model.resize_decode_cache(cache, end)
+      (cache, previous), block_tokens = jax.lax.scan(step, (cache, previous),
+                                                     jnp.arange(start, end))
+      tokens.append(block_tokens)
+    return jnp.concatenate(tokens).T
 
   def without_cache(self, params, text_tokens: Array, keys: Array, config: SamplingConfig,
                     uncond_text_tokens: Optional[Array] = None) -> Array:

@@ -170,6 +170,11 @@ class _Attention(nn.Module):
     return constrain(out, BATCH_LENGTH_EMBED)
 
 
+# The decode cache of SelfAttention: keys and values [batch, heads, length, kv].
+SELF_ATTENTION_CACHE = ('cached_key', 'cached_value')
+CACHE_LENGTH_AXIS = 2
+
+
 class SelfAttention(_Attention):
   """Self-attention; with decode=True it keeps a KV cache in the 'cache' collection.
 
@@ -191,13 +196,15 @@ class SelfAttention(_Attention):
         if x.shape[1] != 1:
           raise ValueError(f'decode steps take one token at a time, got length {x.shape[1]}')
         i = index.value
-        cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, key, i, axis=2)
+        cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, key, i,
+                                                               axis=CACHE_LENGTH_AXIS)
         cached_value.value = jax.lax.dynamic_update_slice_in_dim(cached_value.value, value, i,
-                                                                 axis=2)
+                                                                 axis=CACHE_LENGTH_AXIS)
         index.value = i + 1
         key, value = cached_key.value, cached_value.value
         # Only positions written so far (<= i) are visible.
-        bias = jnp.where(jnp.arange(key.shape[2]) <= i, 0.0, NEG_INF)[None, None, None, :]
+        bias = jnp.where(jnp.arange(key.shape[CACHE_LENGTH_AXIS]) <= i, 0.0,
+                         NEG_INF)[None, None, None, :]
     return self.attend(x, key, value, bias, deterministic)
 
 

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from parti_jax import layers
 from parti_jax.config import TransformerConfig
 from parti_jax.transformer import EncoderDecoder
 
@@ -130,3 +131,22 @@ class PartiModel:
                                           tokens[:, None], decode=True, mutable=['cache'],
                                           method=EncoderDecoder.decode)
     return logits[:, 0], variables['cache']
+
+  @staticmethod
+  def resize_decode_cache(cache: PyTree, length: int) -> PyTree:
+    """The cache with its self-attention keys and values cut, or zero-padded,
+    to `length` positions: a decode step attends to every position its cache
+    holds, so a cache only as long as the positions written so far (plus
+    some empty ones, which the step masks) gives the same logits for less
+    memory read. Everything else in the cache is kept as it is."""
+    def resize(path, leaf):
+      if getattr(path[-1], 'key', None) not in layers.SELF_ATTENTION_CACHE:
+        return leaf
+      axis = layers.CACHE_LENGTH_AXIS
+      if length <= leaf.shape[axis]:
+        return jax.lax.slice_in_dim(leaf, 0, length, axis=axis)
+      padding = [(0, 0)] * leaf.ndim
+      padding[axis] = (0, length - leaf.shape[axis])
+      return jnp.pad(leaf, padding)
+
+    return jax.tree_util.tree_map_with_path(resize, cache)

@@ -18,10 +18,12 @@ def test_train_benchmark_reports_mfu_and_checkpoint_cost():
 
 @pytest.mark.slow
 def test_decode_benchmark_reports_cached_and_uncached_times():
-  result = run_module('parti_jax.bench', 'decode', '--preset=tiny', '--steps=1')
+  result = run_module('parti_jax.bench', 'decode', '--preset=tiny', '--steps=1',
+                      '--attention_block=16')
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   for key in ('seconds_per_batch', 'image_tokens_per_s', 'no_cache_seconds_per_batch',
               'forward16_s'):
     assert report[key] > 0, key
   assert report['rows'] == 16 and report['cfg_scale'] == 1.2
+  assert report['attention_block'] == 16

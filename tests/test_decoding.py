@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from parti_jax import partitioning
-from parti_jax.decoding import SamplingConfig, Sampler, top_k_filter, top_p_filter
+from parti_jax.decoding import (SamplingConfig, Sampler, cache_blocks, top_k_filter,
+                                top_p_filter)
 from parti_jax.errors import ConfigError
 from parti_jax.models import PartiModel
 from tests.conftest import small_config, token_batch
@@ -22,7 +23,9 @@ def setup():
   params = jax.tree.map(lambda x: x.unbox() if hasattr(x, 'unbox') else x, params,
                         is_leaf=lambda x: hasattr(x, 'unbox'))['params']
   config = partitioning.MeshConfig(data=1)
-  sampler = Sampler(model, config.make_mesh(jax.devices()[:1]), config.rules)
+  # Blocks of 6 over 16 positions (6, 6, 4): every test below also checks
+  # that the growing cache changes nothing.
+  sampler = Sampler(model, config.make_mesh(jax.devices()[:1]), config.rules, attention_block=6)
   text = token_batch(cfg, 4, seed=1)['encoder_input_tokens']
   return model, params, sampler, text
 
@@ -139,9 +142,30 @@ def test_sharded_sampling_equals_one_device(setup, eight_devices):
   config = SamplingConfig(temperature=1.0, top_k=20, cfg_scale=2.0)
   single = sampler(params, text, keys(8), config, uncond_text_tokens=EMPTY)
   mesh_config = partitioning.MeshConfig(preset='data_model', data=4, model=2)
-  sharded = Sampler(model, mesh_config.make_mesh(eight_devices), mesh_config.rules)
+  sharded = Sampler(model, mesh_config.make_mesh(eight_devices), mesh_config.rules,
+                    attention_block=6)
   out = sharded(params, text, keys(8), config, uncond_text_tokens=EMPTY)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(single))
+
+
+@pytest.mark.parametrize('block', [0, 1, 16])
+def test_attention_blocks_change_nothing(setup, block):
+  """The cache grown block by block samples what the full-length cache does,
+  token for token, with guidance, nucleus sampling and forced tokens."""
+  model, params, sampler, text = setup
+  config = SamplingConfig(temperature=1.0, top_p=0.9, cfg_scale=2.0)
+  forced_mask = np.zeros((4, 16), bool)
+  forced_mask[:, 7] = True
+  options = dict(uncond_text_tokens=EMPTY, forced_tokens=np.full((4, 16), 3, np.int32),
+                 forced_mask=forced_mask)
+  other = Sampler(model, sampler.mesh, sampler.rules, attention_block=block)
+  np.testing.assert_array_equal(np.asarray(other(params, text, keys(4), config, **options)),
+                                np.asarray(sampler(params, text, keys(4), config, **options)))
+
+
+def test_cache_blocks():
+  assert cache_blocks(16, 6) == [(0, 6), (6, 12), (12, 16)]
+  assert cache_blocks(16, 0) == cache_blocks(16, 16) == cache_blocks(16, 99) == [(0, 16)]
 
 
 def test_bad_settings_are_refused():
@@ -149,3 +173,5 @@ def test_bad_settings_are_refused():
     SamplingConfig(top_p=0.0)
   with pytest.raises(ConfigError, match='temperature'):
     SamplingConfig(temperature=-1.0)
+  with pytest.raises(ConfigError, match='attention_block'):
+    Sampler(None, None, None, attention_block=-1)
