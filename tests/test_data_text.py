@@ -80,6 +80,19 @@ def test_captions_round_trip_through_the_loaded_vocabulary(trained_model):
     assert vocabulary.decode_tf(tf_ids).numpy().decode() == caption
 
 
+def test_a_word_model_gives_each_word_one_piece(tmp_path):
+  words = set(ADJECTIVES + NOUNS + RELATIONS + ['a', 'the'])
+  model = vocab.train_sentencepiece(_captions(), str(tmp_path / 'words'), model_type='word',
+                                    vocab_size=3 + len(words))
+  vocabulary = vocab.load_vocabulary(model)
+  for caption in _captions(20, seed=1):
+    ids = vocabulary.encode(caption)
+    assert len(ids) == len(caption.split()) and min(ids) > vocab.UNK_ID
+    assert vocabulary.decode(ids) == caption
+  with pytest.raises(ConfigError, match='model_type'):
+    vocab.train_sentencepiece(_captions(), str(tmp_path / 'm'), model_type='chars')
+
+
 def test_the_byte_vocabulary_needs_no_file():
   for name in (None, 'byte'):
     vocabulary = vocab.load_vocabulary(name)

@@ -34,6 +34,7 @@ from parti_jax.data.text import MAX_CAPTION_CHARS, clean_caption
 from parti_jax.errors import ConfigError
 
 UNK_ID = 2
+MODEL_TYPES = ('unigram', 'bpe', 'word')
 TRAIN_COMMAND = ('python -m parti_jax.data.vocab train --input=captions.txt '
                  '--vocab_size=16000 --output=/path/prefix')
 # The trainer keeps its sample of sentences in memory; a few million captions
@@ -53,8 +54,9 @@ NumberedLine = Tuple[int, bytes]
 
 def train_sentencepiece(captions: Iterable[str], output_prefix: str, vocab_size: int = 16000,
                         character_coverage: float = 1.0,
-                        max_sentences: int = MAX_TRAINING_SENTENCES) -> str:
-  """Trains a unigram SentencePiece model; returns the path of the .model file.
+                        max_sentences: int = MAX_TRAINING_SENTENCES,
+                        model_type: str = 'unigram') -> str:
+  """Trains a SentencePiece model; returns the path of the .model file.
 
   Writes output_prefix.model and output_prefix.vocab (local paths). The size
   is a hard limit: a corpus too small for it is an error rather than a
@@ -68,12 +70,17 @@ def train_sentencepiece(captions: Iterable[str], output_prefix: str, vocab_size:
       piece; the rest map to unk. 1.0 suits English captions; lower it (e.g.
       0.9995) for corpora with many rare characters.
     max_sentences: the trainer samples at most this many captions.
+    model_type: 'unigram' (Parti's, the default), 'bpe', or 'word': one piece
+      per whitespace-separated word, for closed-vocabulary captions such as
+      the synthetic shapes, whose few words a subword model would split.
 
   Raises:
     ConfigError: the corpus is too small for vocab_size, or has more distinct
       characters than vocab_size allows.
     NoUsableExamples: there are no captions.
   """
+  if model_type not in MODEL_TYPES:
+    raise ConfigError(f'model_type must be one of {MODEL_TYPES}, got {model_type!r}')
   if vocab_size <= UNK_ID + 1:
     raise ConfigError(f'vocab_size must exceed the {UNK_ID + 1} special pieces, got {vocab_size}')
   os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
@@ -82,7 +89,7 @@ def train_sentencepiece(captions: Iterable[str], output_prefix: str, vocab_size:
     with open(os.devnull, 'w', encoding='utf-8') as quiet:  # The trainer logs hundreds of lines.
       sentencepiece.SentencePieceTrainer.train(
           sentence_iterator=feed, model_prefix=output_prefix, vocab_size=vocab_size,
-          model_type='unigram', pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+          model_type=model_type, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
           character_coverage=character_coverage, input_sentence_size=max_sentences,
           shuffle_input_sentence=True, max_sentence_length=_MAX_SENTENCE_BYTES,
           num_threads=os.cpu_count() or 1, logstream=quiet)
@@ -251,6 +258,8 @@ def _parser() -> argparse.ArgumentParser:
   train.add_argument('--vocab_size', type=int, default=16000)
   train.add_argument('--character_coverage', type=float, default=1.0,
                      help='fraction of characters given their own piece; rarer ones map to unk')
+  train.add_argument('--model_type', choices=MODEL_TYPES, default='unigram',
+                     help="'word' gives each word one piece (closed-vocabulary captions)")
   return p
 
 
@@ -259,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   skips = SkipCounter()
   try:
     model = train_sentencepiece(read_captions(args.input, skips), args.output, args.vocab_size,
-                                args.character_coverage)
+                                args.character_coverage, model_type=args.model_type)
   except NoUsableExamples as e:
     raise NoUsableExamples(f'{args.input}: no usable captions (skipped: {skips.summary()})') from e
   print(f'wrote {model} and {args.output}.vocab: {load_vocabulary(model).vocab_size} pieces; '
