@@ -237,3 +237,26 @@ def test_flip_happens_with_its_probability_only():
   assert 60 < flips < 140
   with pytest.raises(ValueError, match='probability'):
     images.maybe_flip(image, rng, 1.5)
+
+
+def test_decoded_arrays_become_rgb_like_decoded_files():
+  """Sources that give pixels (tfds) get the same treatment as files: grey
+  repeated, RGBA on white, wrong types refused with their shape."""
+  grey = np.arange(100, dtype=np.uint8).reshape(10, 10)
+  for pixels in (grey, grey[..., None]):
+    out = images.image_array(pixels, 'k')
+    assert out.shape == (10, 10, 3) and (out == grey[..., None]).all()
+  rgba = np.zeros((10, 10, 4), np.uint8)
+  rgba[:5, :, :] = (200, 0, 0, 255)  # Top half opaque red, bottom transparent black.
+  out = images.image_array(rgba, 'k')
+  assert (out[:5] == (200, 0, 0)).all() and (out[5:] == 255).all()
+  rgb = np.full((10, 12, 3), 7, np.uint8)
+  np.testing.assert_array_equal(images.image_array(rgb, 'k'), rgb)
+  for bad in (np.zeros((10, 10, 2), np.uint8), np.zeros((10, 10, 3), np.float32),
+              np.zeros((2, 10, 10, 3), np.uint8)):
+    with pytest.raises(BadExample, match=r'image array .*expected uint8') as caught:
+      images.image_array(bad, 'some/key')
+    assert caught.value.reason == 'unsupported_mode' and 'some/key' in str(caught.value)
+  with pytest.raises(BadExample) as caught:
+    images.image_array(np.zeros((4, 40, 3), np.uint8), 'k', min_side=8)
+  assert caught.value.reason == 'image_too_small'

@@ -2,7 +2,8 @@
 
 `decode_image` turns any image Pillow reads into uint8 [H, W, 3], or raises
 `BadExample` with a stable reason, so the pipeline can skip and count it:
-nothing bad becomes a black image. `resize_and_crop` brings it to a square of
+nothing bad becomes a black image; `image_array` does the same for sources
+that give decoded pixels. `resize_and_crop` brings it to a square of
 the training resolution; `maybe_flip` is the optional horizontal flip.
 """
 import io
@@ -72,6 +73,29 @@ def decode_image(data: bytes, key: str, min_side: int = 8,
   # file is unreadable, never that the pipeline should stop.
   except Exception as e:  # pylint: disable=broad-except
     raise BadExample('undecodable_image', key, f'cannot decode the image: {e}') from e
+
+
+def image_array(pixels, key: str, min_side: int = 8) -> np.ndarray:
+  """Decoded pixels from a source that gives arrays (tfds, the shapes) as RGB
+  uint8 [H, W, 3], treated like decoded files: grey ([H, W] or [H, W, 1]) is
+  repeated, RGBA composited on white.
+
+  Raises:
+    BadExample: reason 'unsupported_mode' (not uint8, or not 1, 3 or 4
+      channels) or 'image_too_small'.
+  """
+  pixels = np.asarray(pixels)
+  if pixels.ndim == 2:
+    pixels = pixels[..., None]
+  if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[-1] not in (1, 3, 4):
+    raise BadExample('unsupported_mode', key, f'an image array of {pixels.dtype} '
+                     f'{list(pixels.shape)}; expected uint8 [H, W] or [H, W, 1, 3 or 4]')
+  _check_size(pixels.shape[1::-1], key, min_side, DEFAULT_MAX_PIXELS)
+  if pixels.shape[-1] == 1:
+    return np.repeat(pixels, 3, axis=-1)
+  if pixels.shape[-1] == 4:
+    return np.array(_composite_on_white(Image.fromarray(pixels, 'RGBA')).convert('RGB'))
+  return pixels
 
 
 def _check_size(size, key: str, min_side: int, max_pixels: int) -> None:

@@ -26,7 +26,7 @@ import tensorflow as tf  # pylint: disable=g-bad-import-order
 
 from parti_jax.data import features, sources
 from parti_jax.data.errors import BadExample, NoUsableExamples, SkipCounter, format_counts
-from parti_jax.data.images import decode_image, resize_and_crop
+from parti_jax.data.images import decode_image, image_array, resize_and_crop
 from parti_jax.data.shapes import ShapesDataset
 from parti_jax.data.text import clean_caption
 
@@ -62,6 +62,8 @@ def prepared_examples(records: Iterator[Dict[str, Any]], options: ImageOptions,
       image = record['image']
       if isinstance(image, bytes):
         image = decode_image(image, key, min_side=options.min_side)
+      else:
+        image = image_array(image, key, min_side=options.min_side)
       # Random crops draw from the example's own key, like the caption dropout.
       rng = np.random.default_rng([seed, hash_key(key)]) if options.crop == 'random' else None
       image = resize_and_crop(image, options.size, options.crop, rng, options.resample)
