@@ -182,6 +182,11 @@ def test_tfds_task_reads_a_locally_built_dataset(tmp_path):
   assert [ex['caption'].decode() for ex in examples] == [c for pair in captions for c in pair]
   assert all(ex['image'].shape == (SIZE, SIZE, 3) for ex in examples)
   assert examples[2]['image'].mean() == pytest.approx(50, abs=1)
+  # Example ids come from the records, not from the host split, so caption
+  # dropout and crops agree however many hosts read the dataset.
+  halves = [list(tasks.examples(task, shard_index=i, num_shards=2).as_numpy_iterator())
+            for i in range(2)]
+  assert sorted(ex['id'] for half in halves for ex in half) == sorted(ex['id'] for ex in examples)
   missing = tasks.register('test_tfds_missing', {'train': tasks.tfds_reader(
       'tiny_captions', 'train', data_dir=str(tmp_path / 'nowhere'))}, seqio.ByteVocabulary())
   with pytest.raises(Exception, match='not prepared'):

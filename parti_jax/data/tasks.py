@@ -177,18 +177,22 @@ def tfds_reader(name: str, split: str, image_key: str = 'image',
     del counter
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     try:
-      dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
+      # tfds_id names an example by its file and record, so its key (which
+      # seeds caption dropout and random crops) is the same whatever the
+      # number of hosts.
+      dataset = tfds.load(name, split=split, data_dir=data_dir, download=False,
+                          read_config=tfds.ReadConfig(add_tfds_id=True))
     except Exception as e:  # tfds raises several types for a missing dataset.
       raise NoUsableExamples(f'tfds dataset {name!r} split {split!r} is not prepared in '
                              f'{data_dir or "the default tfds data_dir"} (nothing is '
                              f'downloaded): {e}') from e
-    for position, example in enumerate(tfds.as_numpy(dataset.shard(count, index))):
+    for example in tfds.as_numpy(dataset.shard(count, index)):
       captions = _nested(example, caption_key)
       captions = captions if isinstance(captions, (list, np.ndarray)) else [captions]
       image = np.asarray(_nested(example, image_key))
+      example_id = example['tfds_id'].decode()
       for i, caption in enumerate(captions):
-        yield {'image': image, 'caption': caption,
-               'key': f'{name}/{split}/{index}/{position}/{i}'}
+        yield {'image': image, 'caption': caption, 'key': f'{name}/{example_id}/{i}'}
 
   return read
 
