@@ -83,14 +83,29 @@ def test_captions_round_trip_through_the_loaded_vocabulary(trained_model):
 def test_a_word_model_gives_each_word_one_piece(tmp_path):
   words = set(ADJECTIVES + NOUNS + RELATIONS + ['a', 'the'])
   model = vocab.train_sentencepiece(_captions(), str(tmp_path / 'words'), model_type='word',
-                                    vocab_size=3 + len(words))
+                                    vocab_size=0)  # 0: as many pieces as distinct words.
   vocabulary = vocab.load_vocabulary(model)
+  assert vocabulary.vocab_size == 3 + len(words)
   for caption in _captions(20, seed=1):
     ids = vocabulary.encode(caption)
     assert len(ids) == len(caption.split()) and min(ids) > vocab.UNK_ID
     assert vocabulary.decode(ids) == caption
   with pytest.raises(ConfigError, match='model_type'):
     vocab.train_sentencepiece(_captions(), str(tmp_path / 'm'), model_type='chars')
+
+
+def test_the_recorded_vocabulary_loads_without_its_file(trained_model, tmp_path):
+  """Checkpoints carry the model itself: sampling elsewhere (another folder,
+  machine or Colab) tokenizes as training did."""
+  moved = tmp_path / 'moved.model'
+  moved.write_bytes(open(trained_model, 'rb').read())
+  spec = vocab.vocabulary_spec(vocab.load_vocabulary(str(moved)))
+  assert spec['file'] == str(moved)
+  moved.unlink()
+  caption = _captions(1, seed=2)[0]
+  assert (vocab.load_vocabulary(spec).encode(caption) ==
+          vocab.load_vocabulary(trained_model).encode(caption))
+  assert vocab.vocabulary_spec(vocab.load_vocabulary(None)) is None
 
 
 def test_the_byte_vocabulary_needs_no_file():

@@ -15,10 +15,13 @@ or a .tsv file whose header line has a 'Prompt' or 'caption' column (such as
 PartiPrompts.tsv). Unusable captions are skipped and counted.
 """
 import argparse
+import base64
+import hashlib
 import json
 import os
 import re
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple, Union
+import tempfile
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 from parti_jax import tf_setup  # pylint: disable=g-bad-import-order (before TensorFlow)
 
@@ -65,7 +68,8 @@ def train_sentencepiece(captions: Iterable[str], output_prefix: str, vocab_size:
   Args:
     captions: cleaned captions, one sentence each.
     output_prefix: path of the output files without their extensions.
-    vocab_size: pieces in the vocabulary, special ones included.
+    vocab_size: pieces in the vocabulary, special ones included; 0 with a
+      word model: one piece for each distinct word of the captions.
     character_coverage: fraction of the corpus's characters that get their own
       piece; the rest map to unk. 1.0 suits English captions; lower it (e.g.
       0.9995) for corpora with many rare characters.
@@ -81,6 +85,9 @@ def train_sentencepiece(captions: Iterable[str], output_prefix: str, vocab_size:
   """
   if model_type not in MODEL_TYPES:
     raise ConfigError(f'model_type must be one of {MODEL_TYPES}, got {model_type!r}')
+  if vocab_size == 0 and model_type == 'word':
+    captions = list(captions)
+    vocab_size = UNK_ID + 1 + len({word for caption in captions for word in caption.split()})
   if vocab_size <= UNK_ID + 1:
     raise ConfigError(f'vocab_size must exceed the {UNK_ID + 1} special pieces, got {vocab_size}')
   os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
@@ -142,8 +149,9 @@ def _training_error(error: RuntimeError, feed: _CaptionFeed, vocab_size: int) ->
   return error
 
 
-def load_vocabulary(path: Optional[str]) -> seqio.Vocabulary:
-  """The text vocabulary: None or 'byte' -> bytes (no file); else a SentencePiece model.
+def load_vocabulary(path: Union[None, str, Dict[str, str]]) -> seqio.Vocabulary:
+  """The text vocabulary: None or 'byte' -> bytes (no file); a SentencePiece
+  model file; or a vocabulary_spec as checkpoints record it.
 
   Raises:
     ConfigError: the model file is missing, unreadable, or has special ids
@@ -151,6 +159,8 @@ def load_vocabulary(path: Optional[str]) -> seqio.Vocabulary:
   """
   if path is None or path == 'byte':
     return seqio.ByteVocabulary()
+  if isinstance(path, dict):
+    path = _embedded_model_file(path)
   if not tf.io.gfile.exists(path):
     raise ConfigError(f'SentencePiece model not found: {path}; train one with: {TRAIN_COMMAND} '
                       "(or use the byte vocabulary: 'byte')")
@@ -255,7 +265,9 @@ def _parser() -> argparse.ArgumentParser:
                      "line) or .tsv (a header with a 'Prompt' or 'caption' column)")
   train.add_argument('--output', required=True,
                      help='output path prefix: writes PREFIX.model and PREFIX.vocab')
-  train.add_argument('--vocab_size', type=int, default=16000)
+  train.add_argument('--vocab_size', type=int, default=16000,
+                     help='pieces, special ones included (0 with --model_type=word: one per '
+                     'distinct word)')
   train.add_argument('--character_coverage', type=float, default=1.0,
                      help='fraction of characters given their own piece; rarer ones map to unk')
   train.add_argument('--model_type', choices=MODEL_TYPES, default='unigram',
@@ -275,16 +287,37 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f'skipped captions: {skips.summary()}')
 
 
-if __name__ == '__main__':
-  cli.run(main)
 
-
-def vocabulary_spec(vocabulary: seqio.Vocabulary) -> Optional[str]:
-  """What load_vocabulary needs to load `vocabulary` again: its SentencePiece
-  model file, or None for the byte vocabulary (stored with checkpoints, so
-  sampling tokenizes prompts as training did)."""
-  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
-    return vocabulary.sentencepiece_model_file
+def vocabulary_spec(vocabulary: seqio.Vocabulary) -> Optional[Dict[str, str]]:
+  """What load_vocabulary needs to load `vocabulary` again, anywhere: None for
+  the byte vocabulary; for SentencePiece the model itself (base64; a few
+  hundred KB at 16k pieces) and the file it came from. Stored with
+  checkpoints, so sampling tokenizes prompts as training did even where that
+  file is not, or not at the same relative path (Colab, another machine)."""
   if isinstance(vocabulary, seqio.ByteVocabulary):
     return None
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    path = vocabulary.sentencepiece_model_file
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      model = f.read()
+    return {'file': path, 'sentencepiece_model': base64.b64encode(model).decode('ascii')}
   raise ConfigError(f'cannot record a {type(vocabulary).__name__} with the checkpoint')
+
+
+def _embedded_model_file(spec: Dict[str, str]) -> str:
+  """A local file holding the model of a vocabulary_spec, written once per
+  model (named by its hash) under the temporary directory."""
+  model = base64.b64decode(spec['sentencepiece_model'])
+  folder = os.path.join(tempfile.gettempdir(), 'parti_jax_vocabularies')
+  path = os.path.join(folder, hashlib.sha256(model).hexdigest()[:24] + '.model')
+  if not os.path.exists(path):
+    os.makedirs(folder, exist_ok=True)
+    partial = f'{path}.{os.getpid()}.tmp'
+    with open(partial, 'wb') as f:
+      f.write(model)
+    os.replace(partial, path)  # Atomic: readers never see half a file.
+  return path
+
+
+if __name__ == '__main__':
+  cli.run(main)
