@@ -197,3 +197,16 @@ def test_heldout_leaving_no_scene_is_an_error():
 def test_bad_arguments_raise(kwargs):
   with pytest.raises(ValueError):
     shapes.ShapesDataset(**kwargs)
+
+
+def test_captions_command_writes_the_training_captions(tmp_path, capsys):
+  """The vocabulary corpus: the same captions the dataset's examples carry."""
+  out = tmp_path / 'new_folder' / 'captions.txt'
+  shapes.main([f'--output={out}', '--count=50', '--heldout=red triangle',
+               '--heldout=blue'])
+  data = shapes.ShapesDataset(seed=0, heldout=('red triangle', 'blue'))
+  assert out.read_text().splitlines() == [data.example(i)['caption'] for i in range(50)]
+  assert 'wrote 50 captions' in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    shapes.main([f'--output={out}', '--heldout=blue hexagon'])
+  assert "unknown word 'hexagon'" in capsys.readouterr().err

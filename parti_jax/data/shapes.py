@@ -14,8 +14,10 @@ directly and in any order, as multi-host sharding and resumable iteration need.
 Combinations of attributes can be held out of training to test compositional
 generalization. Only numpy is needed.
 """
+import argparse
 import functools
 import itertools
+import os
 import re
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -303,6 +305,11 @@ class ShapesDataset:
             'caption': caption_for(placed, relation),
             'objects': placed, 'relation': relation, 'index': index}
 
+  def caption(self, index: int) -> str:
+    """The caption of example `index`, without rendering its image."""
+    _, objects, relation = self._accepted_attributes(index)
+    return caption_for(objects, relation)
+
   def iterate(self, start: int = 0, step: int = 1) -> Iterator[Dict[str, Any]]:
     """Examples start, start + step, ... forever; e.g. host h of n uses (h, n)."""
     for index in itertools.count(start, step):
@@ -314,3 +321,29 @@ class ShapesDataset:
   def take(self, start: int, count: int) -> List[Dict[str, Any]]:
     """Examples start to start + count - 1."""
     return [self.example(index) for index in range(start, start + count)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """Writes the captions of examples 0..count-1, one a line: the corpus for a
+  text vocabulary of the shapes (python -m parti_jax.data.vocab train)."""
+  p = argparse.ArgumentParser(prog='python -m parti_jax.data.shapes', description=main.__doc__)
+  p.add_argument('--output', required=True, help='text file to write')
+  p.add_argument('--count', type=int, default=16384)
+  p.add_argument('--seed', type=int, default=0, help='the training data use seed 0')
+  p.add_argument('--heldout', action='append', default=[],
+                 help="a held-out combination such as 'red triangle'; repeatable")
+  p.add_argument('--two_object_prob', type=float, default=0.5)
+  args = p.parse_args(argv)
+  try:
+    data = ShapesDataset(seed=args.seed, two_object_prob=args.two_object_prob,
+                         heldout=args.heldout)
+  except ValueError as e:  # An unknown held-out word, a probability out of range.
+    p.error(str(e))
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, 'w', encoding='utf-8') as f:
+    f.writelines(data.caption(index) + '\n' for index in range(args.count))
+  print(f'wrote {args.count} captions to {args.output}')
+
+
+if __name__ == '__main__':
+  main()
