@@ -96,8 +96,9 @@ class Sampler:
 
   attention_block: the loop runs in blocks of this many positions, and during
     a block the self-attention cache holds only the positions up to the
-    block's end (model.resize_decode_cache), so a step reads on average about
-    half the cache it would read at full length; the outputs are the same.
+    block's end (model.resize_decode_cache), so a step reads on average
+    (length + block) / 2 cached positions instead of length; the outputs are
+    the same.
     Decoding reads every cached key and value at every step, so on memory-
     bound hardware (CPUs) this is most of a step's time. Each block compiles
     its own loop body: fewer, longer blocks compile faster. 0: one loop over

@@ -149,7 +149,7 @@ def _training_error(error: RuntimeError, feed: _CaptionFeed, vocab_size: int) ->
   return error
 
 
-def load_vocabulary(path: Union[None, str, Dict[str, str]]) -> seqio.Vocabulary:
+def load_vocabulary(spec: Union[None, str, Dict[str, str]]) -> seqio.Vocabulary:
   """The text vocabulary: None or 'byte' -> bytes (no file); a SentencePiece
   model file; or a vocabulary_spec as checkpoints record it.
 
@@ -157,10 +157,9 @@ def load_vocabulary(path: Union[None, str, Dict[str, str]]) -> seqio.Vocabulary:
     ConfigError: the model file is missing, unreadable, or has special ids
       other than pad 0 and EOS 1.
   """
-  if path is None or path == 'byte':
+  if spec is None or spec == 'byte':
     return seqio.ByteVocabulary()
-  if isinstance(path, dict):
-    path = _embedded_model_file(path)
+  path = _embedded_model_file(spec) if isinstance(spec, dict) else spec
   if not tf.io.gfile.exists(path):
     raise ConfigError(f'SentencePiece model not found: {path}; train one with: {TRAIN_COMMAND} '
                       "(or use the byte vocabulary: 'byte')")
@@ -297,10 +296,8 @@ def vocabulary_spec(vocabulary: seqio.Vocabulary) -> Optional[Dict[str, str]]:
   if isinstance(vocabulary, seqio.ByteVocabulary):
     return None
   if isinstance(vocabulary, seqio.SentencePieceVocabulary):
-    path = vocabulary.sentencepiece_model_file
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      model = f.read()
-    return {'file': path, 'sentencepiece_model': base64.b64encode(model).decode('ascii')}
+    return {'file': vocabulary.sentencepiece_model_file,
+            'sentencepiece_model': base64.b64encode(vocabulary.sp_model).decode('ascii')}
   raise ConfigError(f'cannot record a {type(vocabulary).__name__} with the checkpoint')
 
 
