@@ -136,15 +136,26 @@ def bench_train(preset: dict, steps: int, dropout_rate: float, dtype: Optional[s
 
 
 def bench_decode(preset: dict, repeats: int, dtype: Optional[str], attention_block: int,
-                 prompts: int = 8) -> dict:
+                 cache_dtype: Optional[str] = None, model_parallel: int = 1,
+                 no_cache: bool = True, prompts: int = 8) -> dict:
   """Guided sampling of `prompts` images (2 x prompts rows through the cache),
-  against the same sampling without the cache and one cached forward step."""
+  against the same sampling without the cache (unless `no_cache` is False)
+  and one cached forward step.
+
+  model_parallel: devices that split heads, MLP and vocabulary ('data_model'
+    mesh); the rest split the rows.
+  """
   cfg = TransformerConfig(**dict(preset['config'], dtype=dtype or preset['config']['dtype']),
-                          dropout_rate=0.0)
+                          decode_cache_dtype=cache_dtype, dropout_rate=0.0)
   model = PartiModel(cfg)
-  mesh_config = partitioning.MeshConfig()
-  sampler = Sampler(model, mesh_config.make_mesh(), mesh_config.rules, attention_block)
-  params = jax.jit(lambda: flax.linen.unbox(model.init_variables(jax.random.key(0)))['params'])()
+  mesh_config = (partitioning.MeshConfig(preset='data_model', model=model_parallel)
+                 if model_parallel > 1 else partitioning.MeshConfig())
+  mesh = mesh_config.make_mesh()
+  sampler = Sampler(model, mesh, mesh_config.rules, attention_block)
+  shardings = partitioning.shardings_from_logical(model.param_logical_axes(), mesh,
+                                                  mesh_config.rules)
+  params = jax.jit(lambda: flax.linen.unbox(model.init_variables(jax.random.key(0)))['params'],
+                   out_shardings=shardings)()
   text = random_batch(cfg, prompts)['encoder_input_tokens']
   empty = unconditional_text_tokens(cfg.max_text_length)
   keys = jax.numpy.stack([jax.random.key(i) for i in range(prompts)])
@@ -153,33 +164,40 @@ def bench_decode(preset: dict, repeats: int, dtype: Optional[str], attention_blo
   def sample(fn):
     return lambda: jax.block_until_ready(fn(params, text, keys, config, empty))
 
-  cached, recomputed = sample(sampler), sample(sampler.without_cache)
+  cached = sample(sampler)
+  start = time.perf_counter()
   cached()
-  recomputed()  # Compile both first.
+  compile_s = time.perf_counter() - start
   cached_timing = timing.measure(cached, repeats)
-  recompute_timing = timing.measure(recomputed, 1)
-
-  rows = np.concatenate([text, np.broadcast_to(empty, text.shape)])
-  cache = model.init_decode_cache(params, model.encode(params, rows), rows)
-  step = jax.jit(model.decode_step)
-  tokens = jax.numpy.zeros((2 * prompts,), jax.numpy.int32)
-  forward = lambda: jax.block_until_ready(step(params, cache, tokens))
-  forward()
-  forward_timing = timing.measure(forward, 20)
   seconds = cached_timing['median_s']
-  return {
+  result = {
       'benchmark': 'decode',
       'seconds_per_batch': seconds,
       'image_tokens_per_s': prompts * cfg.image_length / seconds,
       'seconds_per_step': seconds / cfg.image_length,
-      'no_cache_seconds_per_batch': recompute_timing['median_s'],
-      'cache_speedup': recompute_timing['median_s'] / seconds,
-      f'forward{2 * prompts}_s': forward_timing['median_s'],
-      'prompts': prompts, 'rows': 2 * prompts, 'cfg_scale': config.cfg_scale,
-      'attention_block': attention_block,
-      'timing': cached_timing, 'config': dataclasses.asdict(cfg),
-      'devices': [str(d) for d in jax.devices()],
+      'first_call_s': compile_s,
   }
+  if no_cache:
+    recomputed = sample(sampler.without_cache)
+    recomputed()  # Compiles.
+    recompute_s = timing.measure(recomputed, 1)['median_s']
+    result.update(no_cache_seconds_per_batch=recompute_s, cache_speedup=recompute_s / seconds)
+
+  with partitioning.activate(mesh, mesh_config.rules):
+    rows = np.concatenate([text, np.broadcast_to(empty, text.shape)])
+    cache = model.init_decode_cache(params, model.encode(params, rows), rows)
+    step = jax.jit(model.decode_step)
+    tokens = jax.numpy.zeros((2 * prompts,), jax.numpy.int32)
+    forward = lambda: jax.block_until_ready(step(params, cache, tokens))
+    forward()
+    forward_timing = timing.measure(forward, 20)
+  return dict(
+      result, **{f'forward{2 * prompts}_s': forward_timing['median_s']},
+      prompts=prompts, rows=2 * prompts, cfg_scale=config.cfg_scale,
+      attention_block=attention_block, model_parallel=model_parallel,
+      mesh=dict(zip(mesh.axis_names, mesh.devices.shape)),
+      timing=cached_timing, config=dataclasses.asdict(cfg),
+      devices=[str(d) for d in jax.devices()])
 
 
 TOKENIZER_PRESETS = {
@@ -317,12 +335,28 @@ def main(argv=None) -> None:
   parser.add_argument('--attention_block', type=int, default=64,
                       help='decode: the sampler grows its cache in blocks of this many '
                       'positions (0: full length from the start)')
+  parser.add_argument('--cache_dtype', choices=['float32', 'bfloat16'], default=None,
+                      help='decode: dtype of the self-attention cache (default: --dtype); '
+                      'float32 with --dtype=bfloat16 is fastest on CPUs')
+  parser.add_argument('--model_parallel', type=int, default=1,
+                      help='decode: split heads, MLP and vocabulary over this many devices')
+  parser.add_argument('--cpu_devices', type=int, default=0,
+                      help='run XLA\'s CPU backend as this many devices (one thread each), '
+                      'e.g. 2 with --model_parallel=2 to stream weights on two cores at once')
+  parser.add_argument('--skip_no_cache', action='store_true',
+                      help='decode: leave out the full-recompute comparison (two runs of '
+                      'about 5 minutes each at bench-s on a 2-core CPU)')
   parser.add_argument('--checkpoint_dir', default=None,
                       help='tokenizer: evaluate this trained tokenizer on held-out shapes')
   parser.add_argument('--eval_examples', type=int, default=512)
   parser.add_argument('--data_examples', type=int, default=512,
                       help='data: examples timed per source')
   args = parser.parse_args(argv)
+  if args.cpu_devices:
+    # Read when the backend starts, at the first device query. (jax's
+    # jax_num_cpu_devices option deadlocks in collectives between them here.)
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               f' --xla_force_host_platform_device_count={args.cpu_devices}')
   if args.what == 'data':
     result = bench_data(args.data_examples, 256, 8)
     print(json.dumps(result))
@@ -334,7 +368,8 @@ def main(argv=None) -> None:
   if args.what == 'train':
     result = bench_train(presets[preset], args.steps, args.dropout_rate, args.dtype)
   elif args.what == 'decode':
-    result = bench_decode(presets[preset], args.steps, args.dtype, args.attention_block)
+    result = bench_decode(presets[preset], args.steps, args.dtype, args.attention_block,
+                          args.cache_dtype, args.model_parallel, not args.skip_no_cache)
   else:
     result = bench_tokenizer(presets[preset], args.steps, args.checkpoint_dir,
                              args.eval_examples, args.dtype)

@@ -72,6 +72,11 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument('--top_p', type=float, default=1.0)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--batch_size', type=int, default=16, help='rows sampled at once')
+  p.add_argument('--dtype', choices=['float32', 'bfloat16'], default=None,
+                 help='matmul dtype while sampling (default: the checkpoint\'s)')
+  p.add_argument('--cache_dtype', choices=['float32', 'bfloat16'], default=None,
+                 help='dtype of the self-attention cache (default: the matmul dtype); on '
+                 'CPUs --dtype=bfloat16 --cache_dtype=float32 samples fastest')
   p.add_argument('--out_dir', required=True)
 
 
@@ -81,7 +86,8 @@ def generate_from_flags(args: argparse.Namespace, prompts: List[str]) -> List[Ge
                             cfg_scale=args.cfg_scale)
   pipeline = Pipeline.from_checkpoint(args.checkpoint_dir, args.tokenizer_dir,
                                       batch_size=args.batch_size,
-                                      mesh_config=gin_utils.MeshConfig())
+                                      mesh_config=gin_utils.MeshConfig(), dtype=args.dtype,
+                                      decode_cache_dtype=args.cache_dtype)
   return pipeline.generate(
       prompts, args.num_samples, sampling, args.seed, args.keep,
       scorer=scorers.make_scorer(args.scorer) if args.scorer else None,

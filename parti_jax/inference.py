@@ -65,13 +65,21 @@ class Pipeline:
 
   @classmethod
   def from_checkpoint(cls, checkpoint_dir: str, tokenizer_dir: str, batch_size: int = 16,
-                      mesh_config: Optional[partitioning.MeshConfig] = None) -> 'Pipeline':
+                      mesh_config: Optional[partitioning.MeshConfig] = None,
+                      dtype: Optional[str] = None,
+                      decode_cache_dtype: Optional[str] = None) -> 'Pipeline':
     """A model export (MODEL_DIR/params) or training checkpoints
     (MODEL_DIR/checkpoints), and a tokenizer's checkpoints. The parameters
-    are restored straight into their shards on the mesh."""
+    are restored straight into their shards on the mesh.
+
+    dtype, decode_cache_dtype: sample with these numerics instead of the
+    checkpoint's (TransformerConfig); parameters stay float32 either way.
+    """
     mesh_config = mesh_config or partitioning.MeshConfig()
     config, params = export.load_exported(checkpoint_dir, mesh=mesh_config.make_mesh(),
                                           rules=mesh_config.rules)
+    numerics = dict(dtype=dtype, decode_cache_dtype=decode_cache_dtype)
+    config = dataclasses.replace(config, **{k: v for k, v in numerics.items() if v is not None})
     reader = checkpoints.Checkpointer(checkpoint_dir)
     spec = reader.metadata().get(export.VOCABULARY_KEY)
     reader.close()

@@ -181,13 +181,16 @@ class SelfAttention(_Attention):
   Decoding follows t5x: a first call with the full-length input creates an
   empty cache (its output is meaningless); each later call takes one token,
   writes its key and value at `cache_index` and attends causally to the cache.
+  The cache holds `cache_dtype` (default: `dtype`).
   """
+  cache_dtype: Optional[Dtype] = None
 
   @nn.compact
   def __call__(self, x: Array, bias: Optional[Array], deterministic: bool,
                decode: bool = False) -> Array:
     key, value = self.project_kv(x)
     if decode:
+      key, value = (a.astype(self.cache_dtype or self.dtype) for a in (key, value))
       initialized = self.has_variable('cache', 'cached_key')
       cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
       cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)

@@ -40,7 +40,8 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     dtype = cfg.compute_dtype
     h = layers.LayerNorm(dtype=dtype, name='pre_self_attention_norm')(x)
-    h = layers.SelfAttention(**_attention_kwargs(cfg), name='self_attention')(
+    h = layers.SelfAttention(**_attention_kwargs(cfg), cache_dtype=cfg.cache_dtype,
+                             name='self_attention')(
         h, self_bias, deterministic, decode)
     x = layers.Residual(cfg.dropout_rate)(x, h, deterministic)
     h = layers.LayerNorm(dtype=dtype, name='pre_cross_attention_norm')(x)

@@ -66,18 +66,32 @@ def generate(dirs, out_dir, *extra):
   return result
 
 
+def test_sampling_numerics_are_chosen_at_load(dirs, pipeline):
+  fast = Pipeline.from_checkpoint(str(dirs / 'model'), str(dirs / 'tokenizer'), batch_size=4,
+                                  dtype='bfloat16', decode_cache_dtype='float32')
+  config = fast.sampler.model.config
+  assert (config.dtype, config.decode_cache_dtype) == ('bfloat16', 'float32')
+  assert pipeline.sampler.model.config.dtype == 'float32'
+  tokens = fast.generate(['a red circle'], 2, seed=0)[0].tokens
+  assert tokens.shape == (2, config.image_length)
+  assert tokens.min() >= 0 and tokens.max() < config.image_vocab_size
+
+
 def test_the_command_writes_images_and_cfg_scale_reaches_the_logits(dirs, tmp_path):
   """With --cfg_scale=0 only the empty caption counts: two prompts sample the
   same tokens. With 1 they differ."""
   prompts = ('--prompt=a small red circle', '--prompt=a large blue square above a small green diamond')
   tokens = {}
-  # Scale 1 also reranks with the shapes judge.
-  for scale, rerank in (('0', ()), ('1', ('--scorer=shapes_judge',))):
+  # Scale 0 samples with the CPU's fastest numerics, scale 1 reranks with the
+  # shapes judge.
+  numerics = ('--dtype=bfloat16', '--cache_dtype=float32')
+  for scale, extra in (('0', numerics), ('1', ('--scorer=shapes_judge',))):
     out = tmp_path / f'scale{scale}'
-    result = generate(dirs, out, f'--cfg_scale={scale}', *prompts, *rerank)
+    result = generate(dirs, out, f'--cfg_scale={scale}', *prompts, *extra)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((out / 'generations.json').read_text())
     assert record['settings']['cfg_scale'] == float(scale)
+    rerank = '--scorer=shapes_judge' in extra
     tokens[scale] = [g['tokens'] for g in record['generations']]
     for g in record['generations']:
       assert all((out / name).exists() for name in g['files'])

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from parti_jax.errors import ConfigError
 from parti_jax.models import PartiModel
 from tests.conftest import small_config, token_batch
 
@@ -75,6 +76,19 @@ def test_dropout_only_with_an_rng():
   assert not np.allclose(a, plain) and not np.allclose(a, c)
 
 
+def stepped_logits(model, params, batch):
+  """[batch, image_length, vocab] logits of feeding the decoder inputs one by one
+  through the cache, and the final cache."""
+  encoded = model.encode(params, batch['encoder_input_tokens'])
+  cache = model.init_decode_cache(params, encoded, batch['encoder_input_tokens'])
+  step = jax.jit(model.decode_step)
+  stepped = []
+  for i in range(model.config.image_length):
+    logits, cache = step(params, cache, jnp.asarray(batch['decoder_input_tokens'][:, i]))
+    stepped.append(np.asarray(logits))
+  return np.stack(stepped, axis=1), cache
+
+
 @pytest.mark.parametrize('overrides', [{}, dict(mlp_activations=('gelu', 'linear'))])
 def test_kv_cached_decoding_equals_full_forward(overrides):
   """Feeding tokens one by one through the cache gives the full forward's logits
@@ -83,17 +97,35 @@ def test_kv_cached_decoding_equals_full_forward(overrides):
   params = nn.unbox(model.init_variables(jax.random.key(3)))['params']
   batch = token_batch(model.config, 4, seed=5)
   full = np.asarray(model.logits(params, batch))
-
-  encoded = model.encode(params, batch['encoder_input_tokens'])
-  cache = model.init_decode_cache(params, encoded, batch['encoder_input_tokens'])
-  step = jax.jit(model.decode_step)
-  stepped = []
-  for i in range(model.config.image_length):
-    logits, cache = step(params, cache, jnp.asarray(batch['decoder_input_tokens'][:, i]))
-    stepped.append(np.asarray(logits))
-  stepped = np.stack(stepped, axis=1)
+  stepped, _ = stepped_logits(model, params, batch)
   assert len(set(np.count_nonzero(batch['encoder_input_tokens'], axis=1))) == 4
   np.testing.assert_allclose(stepped, full, rtol=1e-5, atol=1e-5 * np.abs(full).max())
+
+
+def test_float32_cache_of_a_bfloat16_model_computes_the_same():
+  """A float32 cache holds the bfloat16 keys and values exactly, so decoding
+  through it matches the bfloat16 cache up to the order of float32 sums."""
+  batch = token_batch(small_config(), 4, seed=5)
+  results = {}
+  for cache_dtype in (None, 'float32'):
+    model = PartiModel(small_config(dtype='bfloat16', decode_cache_dtype=cache_dtype))
+    params = nn.unbox(model.init_variables(jax.random.key(3)))['params']
+    results[cache_dtype] = stepped_logits(model, params, batch)
+  (bf16_logits, bf16_cache), (f32_logits, f32_cache) = results[None], results['float32']
+  dtypes = lambda cache: {leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
+                          if 'cached_key' in jax.tree_util.keystr(path)}
+  assert dtypes(bf16_cache) == {jnp.dtype('bfloat16')}
+  assert dtypes(f32_cache) == {jnp.dtype('float32')}
+  scale = np.abs(bf16_logits).max()
+  np.testing.assert_allclose(f32_logits, bf16_logits, atol=0.02 * scale)
+  assert np.mean(np.abs(f32_logits - bf16_logits) < 1e-3 * scale) > 0.9
+
+
+@pytest.mark.parametrize('field, value', [('dtype', 'float16'), ('remat_policy', 'some'),
+                                          ('decode_cache_dtype', 'int8')])
+def test_bad_numerics_settings_are_refused(field, value):
+  with pytest.raises(ConfigError, match=field):
+    small_config(**{field: value})
 
 
 def test_remat_gives_the_same_gradients():
