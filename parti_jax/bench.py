@@ -185,7 +185,10 @@ def bench_decode(preset: dict, repeats: int, dtype: Optional[str], attention_blo
 
   with partitioning.activate(mesh, mesh_config.rules):
     rows = np.concatenate([text, np.broadcast_to(empty, text.shape)])
-    cache = model.init_decode_cache(params, model.encode(params, rows), rows)
+    # Jitted: run op by op, the sharded encoder would queue dozens of small
+    # multi-device programs, and XLA's CPU runtime can deadlock on those
+    # (each waits in an all-reduce for a device whose queue is full).
+    cache = jax.jit(lambda p, r: model.init_decode_cache(p, model.encode(p, r), r))(params, rows)
     step = jax.jit(model.decode_step)
     tokens = jax.numpy.zeros((2 * prompts,), jax.numpy.int32)
     forward = lambda: jax.block_until_ready(step(params, cache, tokens))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from parti_jax import partitioning
-from parti_jax.decoding import (SamplingConfig, Sampler, cache_blocks, top_k_filter,
-                                top_p_filter)
+from parti_jax.decoding import (SamplingConfig, Sampler, cache_blocks, draw_categorical,
+                                invert_cdf, top_k_filter, top_p_filter)
 from parti_jax.errors import ConfigError
 from parti_jax.models import PartiModel
 from tests.conftest import small_config, token_batch
@@ -122,11 +122,15 @@ def test_forced_tokens_appear_unchanged(setup):
 
 
 def test_top_k_and_top_p_never_leave_the_allowed_set():
-  """Thousands of draws from a fixed distribution: only allowed tokens appear,
-  and (top-k) in proportion to their renormalized probabilities."""
+  """Thousands of draws from a fixed distribution, as the sampler draws them:
+  in proportion to the probabilities, and with a filter only allowed tokens
+  appear (top-k: in proportion to their renormalized probabilities)."""
   probs = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04], np.float32)
   logits = jnp.log(jnp.asarray(probs))[None].repeat(20000, 0)
-  draw = lambda filtered: np.asarray(jax.random.categorical(jax.random.key(0), filtered))
+  row_keys = jax.random.split(jax.random.key(0), logits.shape[0])
+  draw = lambda filtered: np.asarray(jax.vmap(draw_categorical)(row_keys, filtered))
+  unfiltered = draw(logits)
+  np.testing.assert_allclose(np.bincount(unfiltered, minlength=6) / 20000, probs, atol=0.015)
   top3 = draw(top_k_filter(logits, 3))
   assert set(np.unique(top3)) == {0, 1, 2}
   np.testing.assert_allclose(np.bincount(top3, minlength=6)[:3] / 20000,
@@ -134,6 +138,13 @@ def test_top_k_and_top_p_never_leave_the_allowed_set():
   nucleus = draw(top_p_filter(logits, 0.7))  # 0.4 + 0.25 < 0.7 <= 0.4 + 0.25 + 0.15
   assert set(np.unique(nucleus)) == {0, 1, 2}
   assert set(np.unique(draw(top_p_filter(logits, 0.3)))) == {0}
+
+
+def test_inverse_cdf_never_returns_a_token_of_weight_zero():
+  """The draw's edges: u = 0 and u at (or rounded to) the total."""
+  weights = jnp.asarray([0.0, 0.5, 0.0, 0.5, 0.0])
+  for u, expected in ((0.0, 1), (0.49, 1), (0.5, 3), (1 - 1e-7, 3), (1.0, 3)):
+    assert int(invert_cdf(weights, jnp.float32(u))) == expected, u
 
 
 def test_sharded_sampling_equals_one_device(setup, eight_devices):
