@@ -145,7 +145,9 @@ class Pipeline:
       chunk = rows[start:start + self.batch_size]
       padded = chunk + [chunk[-1]] * (self.batch_size - len(chunk))
       text = texts[[p for p, _ in padded]]
-      keys = jnp.stack([jax.random.fold_in(base, s) for _, s in padded])
+      # One dispatch, not one per row: a queue of small computations ahead of
+      # a sampler split over several CPU devices can stall XLA's runtime.
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.asarray([s for _, s in padded]))
       sampled = self.sampler(self.params, text, keys, sampling, self._empty)
       out.append(np.asarray(sampled)[:len(chunk)])
       if on_progress is not None:
