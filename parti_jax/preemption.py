@@ -9,7 +9,9 @@ agrees on that step, and `reached(step)` turns true on every host at it.
 """
 import logging
 import signal
+import sys
 import threading
+from typing import Callable, NoReturn, Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -51,3 +53,14 @@ class PreemptionWatch:
     if self._use_jax_sync():
       return multihost_utils.reached_preemption_sync_point(step)
     return self._notice.is_set()
+
+
+def save_and_exit(step: int, save: Optional[Callable[[int], None]], checkpointer) -> NoReturn:
+  """Ends a preempted job: saves `step` with `save` (None: the loop saved it
+  already), waits until the checkpoint is on disk, and exits with EXIT_CODE."""
+  if save is not None:
+    save(step)
+  checkpointer.wait()
+  log.warning('preempted: saved step %d to %s; exiting with status %d so the scheduler runs '
+              'the job again', step, checkpointer.directory, EXIT_CODE)
+  sys.exit(EXIT_CODE)

@@ -16,7 +16,6 @@ for inference to MODEL_DIR/params.
 import json
 import logging
 import os
-import sys
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import gin
@@ -217,16 +216,11 @@ def train(task=None, model_dir: str = gin.REQUIRED, model: PartiModel = gin.REQU
                    '  '.join(f'{k} {v:.4g}' for k, v in last_eval.items()))
         if sample_fn is not None and sample_every and done % sample_every == 0:
           sample_fn(state.params, done, writer)
-        if done % checkpoint_every == 0 or done == train_steps:
+        saved = done % checkpoint_every == 0 or done == train_steps
+        if saved:
           save(done)
         if watch.reached(done):
-          if done % checkpoint_every and done != train_steps:
-            save(done)
-          checkpointer.wait()
-          log.warning('preempted: saved step %d to %s; exiting with status %d so the '
-                      'scheduler runs the job again', done, checkpointer.directory,
-                      preemption.EXIT_CODE)
-          sys.exit(preemption.EXIT_CODE)
+          preemption.save_and_exit(done, None if saved else save, checkpointer)
       if pending is not None:
         skipped_updates += _check_finite(pending[0], jax.device_get(pending[1]), on_nonfinite,
                                          checkpointer)

@@ -1,13 +1,19 @@
-"""The tokenizer training command: checkpoints, resume, the API, stage 2."""
+"""The tokenizer training command: checkpoints, resume, preemption (SIGTERM),
+the API, stage 2."""
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
+from parti_jax import checkpoints
 from parti_jax.tokenizer import api
-from tests.conftest import run_module
+from tests.conftest import REPO, run_module
 
 MICRO = [
     '--gin_file=tokenizer/vit_vqgan_tiny.gin', '--gin_file=data/shapes.gin',
@@ -30,6 +36,28 @@ def train(model_dir, steps, *extra):
   return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 
+def train_until_sigterm(model_dir, after_step: int):
+  """Runs the job towards 1000 steps and sends it SIGTERM (a preempted TPU VM)
+  once it logs `after_step`; returns (the step it saved, its log)."""
+  args = [sys.executable, '-m', 'parti_jax.tokenizer.train', *MICRO,
+          f'--gin.MODEL_DIR="{model_dir}"', '--gin.train_tokenizer.train_steps=1000',
+          '--gin.train_tokenizer.log_every=1', '--gin.train_tokenizer.checkpoint_every=1000',
+          '--gin.train_tokenizer.eval_every=1000']
+  job = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  seen = []
+  for line in job.stderr:
+    seen.append(line)
+    logged = re.search(r'step (\d+)/1000', line)
+    if logged and int(logged.group(1)) >= after_step:
+      job.send_signal(signal.SIGTERM)
+      break
+  _, rest = job.communicate(timeout=120)
+  log = ''.join(seen) + rest
+  assert job.returncode == 143, log[-3000:]
+  return int(re.search(r'preempted: saved step (\d+)', log).group(1)), log
+
+
 def test_train_resume_load_and_fine_tune(tmp_path):
   stage1 = tmp_path / 'stage1'
   metrics, log = train(stage1, 3)
@@ -38,11 +66,14 @@ def test_train_resume_load_and_fine_tune(tmp_path):
   assert os.path.exists(stage1 / 'config.gin')
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(stage1))
 
-  # A second run with more steps resumes where the first stopped (and enters
-  # the adversarial phase at step 4).
-  metrics, log = train(stage1, 6)
-  assert metrics['steps'] == 6
-  assert 'resumed from step 3' in log
+  # A second run with more steps resumes where the first stopped and enters
+  # the adversarial phase at step 4; SIGTERM after it makes it save the step
+  # it reached (between checkpoints) and exit with 143.
+  saved_step, log = train_until_sigterm(stage1, after_step=4)
+  assert 'resumed from step 3' in log and saved_step >= 4
+  saved = checkpoints.Checkpointer(str(stage1 / 'checkpoints'))
+  assert saved.latest_step() == saved_step
+  saved.close()
 
   tokenizer = api.ImageTokenizer.from_checkpoint(str(stage1 / 'checkpoints'))
   images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)

@@ -4,7 +4,8 @@
       --gin_file=tokenizer/vit_vqgan_tiny.gin --gin_file=data/shapes.gin \
       --gin.MODEL_DIR="'/tmp/tokenizer'"
 
-Resumes from the latest checkpoint in MODEL_DIR/checkpoints; writes the
+Resumes from the latest checkpoint in MODEL_DIR/checkpoints; on SIGTERM (a
+preempted TPU VM) saves the step reached and exits with status 143. Writes the
 operative gin config, TensorBoard summaries (losses, PSNR, codebook usage,
 perplexity, reconstructions) and, at the end, one JSON line of held-out metrics.
 """
@@ -18,7 +19,7 @@ import gin
 import jax
 import numpy as np
 
-from parti_jax import checkpoints, cli, gin_utils, metrics, partitioning
+from parti_jax import checkpoints, cli, gin_utils, metrics, multihost, partitioning, preemption
 from parti_jax.data import configured as _registers_data_configurables  # noqa: F401 (gin)
 from parti_jax.data.task_images import TaskImages
 from parti_jax.errors import ConfigError
@@ -100,6 +101,19 @@ def evaluate(trainer: TokenizerTrainer, generator, dataset, num_examples: int,
           'eval_perplexity': float(stats['perplexity'])}
 
 
+def _write_held_out(step: int, held_out: Dict[str, float], trainer: TokenizerTrainer,
+                    generator, eval_dataset, batch_size: int, mesh, rules, writer) -> None:
+  """Held-out metrics to the log and TensorBoard, with four held-out images
+  beside their reconstructions."""
+  writer.write_scalars(step, held_out)
+  log.info('held-out: %s', '  '.join(f'{k} {v:.4g}' for k, v in held_out.items()))
+  originals = next(image_batches(eval_dataset, 0, batch_size))
+  recon = trainer.evaluate(generator, partitioning.host_to_global_batch(
+      {'images': originals}, mesh, rules)['images'])['reconstructions']
+  writer.write_images(step, {'reconstructions': np.concatenate(
+      [originals[:4], np.asarray(recon)[:4]], axis=2)})
+
+
 @gin.configurable
 def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.REQUIRED,
                     dataset=gin.REQUIRED, eval_dataset=None,
@@ -162,31 +176,36 @@ def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.
   held_out = None
   progress = metrics.Progress(train_steps, start_step)
   batches = image_batches(dataset, start_step, batch_size)
-  for step in range(start_step, train_steps):
-    images = partitioning.host_to_global_batch(
-        {'images': next(batches)}, mesh, mesh_config.rules)['images']
-    state, step_metrics = trainer.train_step(state, images)
-    done = step + 1
-    if done % log_every == 0 or done == train_steps:
-      values = {k: float(v) for k, v in step_metrics.items()}
-      values['steps_per_s'] = progress.steps_per_second(done)
-      writer.write_scalars(done, values)
-      progress.log(done, {k: values[k] for k in ('generator_loss', 'psnr', 'codebook_usage')},
-                   values['steps_per_s'])
-    if done % eval_every == 0 or done == train_steps:
-      held_out = evaluate(trainer, state.generator, eval_dataset, eval_examples, batch_size,
-                          mesh, mesh_config.rules)
-      writer.write_scalars(done, held_out)
-      log.info('held-out: %s', '  '.join(f'{k} {v:.4g}' for k, v in held_out.items()))
-      originals = next(image_batches(eval_dataset, 0, batch_size))
-      recon = trainer.evaluate(state.generator, partitioning.host_to_global_batch(
-          {'images': originals}, mesh, mesh_config.rules)['images'])['reconstructions']
-      # Original and reconstruction side by side.
-      writer.write_images(done, {'reconstructions': np.concatenate(
-          [originals[:4], np.asarray(recon)[:4]], axis=2)})
-    if done % checkpoint_every == 0 or done == train_steps:
-      checkpointer.save(done, _state_items(state), metadata, force=True)
-  checkpointer.close()
+
+  def save(step: int) -> None:
+    checkpointer.save(step, _state_items(state), metadata, force=True)
+
+  try:
+    with preemption.PreemptionWatch() as watch:
+      for step in range(start_step, train_steps):
+        images = partitioning.host_to_global_batch(
+            {'images': next(batches)}, mesh, mesh_config.rules)['images']
+        state, step_metrics = trainer.train_step(state, images)
+        done = step + 1
+        if done % log_every == 0 or done == train_steps:
+          values = {k: float(v) for k, v in step_metrics.items()}
+          values['steps_per_s'] = progress.steps_per_second(done)
+          writer.write_scalars(done, values)
+          progress.log(done, {k: values[k] for k in ('generator_loss', 'psnr',
+                                                      'codebook_usage')}, values['steps_per_s'])
+        if done % eval_every == 0 or done == train_steps:
+          held_out = evaluate(trainer, state.generator, eval_dataset, eval_examples, batch_size,
+                              mesh, mesh_config.rules)
+          _write_held_out(done, held_out, trainer, state.generator, eval_dataset, batch_size,
+                          mesh, mesh_config.rules, writer)
+        saved = done % checkpoint_every == 0 or done == train_steps
+        if saved:
+          save(done)
+        if watch.reached(done):
+          preemption.save_and_exit(done, None if saved else save, checkpointer)
+  finally:
+    # Pending asynchronous saves finish even when the loop fails.
+    checkpointer.close()
   if held_out is None:  # Nothing left to train: evaluate what was restored.
     held_out = evaluate(trainer, state.generator, eval_dataset, eval_examples, batch_size, mesh,
                         mesh_config.rules)
@@ -197,6 +216,7 @@ def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.
 
 def main(argv=None) -> None:
   cli.parse_with_gin(cli.parser(__doc__), argv)
+  multihost.initialize()
   result = train_tokenizer()
   print(json.dumps(result))
 
