@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Callable, NoReturn, Optional
+from typing import Callable, NoReturn
 
 import jax
 from jax.experimental import multihost_utils
@@ -55,10 +55,11 @@ class PreemptionWatch:
     return self._notice.is_set()
 
 
-def save_and_exit(step: int, save: Optional[Callable[[int], None]], checkpointer) -> NoReturn:
-  """Ends a preempted job: saves `step` with `save` (None: the loop saved it
-  already), waits until the checkpoint is on disk, and exits with EXIT_CODE."""
-  if save is not None:
+def save_and_exit(step: int, save: Callable[[int], None], checkpointer,
+                  already_saved: bool) -> NoReturn:
+  """Ends a preempted job: saves `step` with `save` unless the loop just did,
+  waits until the checkpoint is on disk, and exits with EXIT_CODE."""
+  if not already_saved:
     save(step)
   checkpointer.wait()
   log.warning('preempted: saved step %d to %s; exiting with status %d so the scheduler runs '

@@ -220,7 +220,7 @@ def train(task=None, model_dir: str = gin.REQUIRED, model: PartiModel = gin.REQU
         if saved:
           save(done)
         if watch.reached(done):
-          preemption.save_and_exit(done, None if saved else save, checkpointer)
+          preemption.save_and_exit(done, save, checkpointer, already_saved=saved)
       if pending is not None:
         skipped_updates += _check_finite(pending[0], jax.device_get(pending[1]), on_nonfinite,
                                          checkpointer)

@@ -202,7 +202,7 @@ def train_tokenizer(model_dir: str = gin.REQUIRED, config: VitVqganConfig = gin.
         if saved:
           save(done)
         if watch.reached(done):
-          preemption.save_and_exit(done, None if saved else save, checkpointer)
+          preemption.save_and_exit(done, save, checkpointer, already_saved=saved)
   finally:
     # Pending asynchronous saves finish even when the loop fails.
     checkpointer.close()
