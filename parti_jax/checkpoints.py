@@ -35,6 +35,20 @@ def abstract_like(state: PyTree, shardings: PyTree) -> PyTree:
                       shardings)
 
 
+def _write_replicated_arrays_whole() -> None:
+  """In a single process, one writer saves every array whole.
+
+  Orbax's default (replica-parallel) splits each replicated array into one
+  slice per device, so that many hosts share the write. In one process that
+  buys nothing, and each slice is an eager JAX op compiled on first use: the
+  first save of a model on 8 devices blocked for about 6 s instead of under
+  1 s. Several processes keep orbax's default.
+  """
+  if jax.process_count() == 1:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
   """Keeps the last `max_to_keep` steps, and every step that is a multiple of
   `keep_every` for good (for evaluating a run's history later)."""
@@ -44,6 +58,7 @@ class Checkpointer:
     # orbax refuses relative paths (deep inside a save); a user's may be one.
     self.directory = directory if '://' in directory else os.path.abspath(directory)
     self._damaged = set()
+    _write_replicated_arrays_whole()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_every,
