@@ -1,12 +1,14 @@
 """Model FLOPs of the Parti transformer, counted from its shapes.
 
 Counts the multiply-adds of every matmul (2 FLOPs each): projections, MLPs,
-logits and the attention score and mix products over the full (masked)
-attention matrices that the implementation computes. Embedding lookups, norms,
+logits and the attention score and mix products that the implementation
+computes: the full (masked) matrices, except the decoder's causal
+self-attention, which skips the key blocks after each query block. Embedding lookups, norms,
 softmax and the optimizer are not counted, as in the usual MFU definition
 (PaLM, Appendix B). Backward is twice the forward.
 """
 from parti_jax.config import TransformerConfig
+from parti_jax.layers import query_blocks
 
 
 def forward_flops(cfg: TransformerConfig, batch: int, text_length: int, image_length: int) -> float:
@@ -26,8 +28,14 @@ def forward_flops(cfg: TransformerConfig, batch: int, text_length: int, image_le
   # Scores (q.k) and mixing (p.v): 2 products of 2 FLOPs per query-key-channel.
   attention = 4 * batch * inner * (
       cfg.num_encoder_layers * text_length * text_length +
-      cfg.num_decoder_layers * (image_length * image_length + image_length * text_length))
+      cfg.num_decoder_layers * (causal_attention_pairs(image_length, cfg.causal_query_blocks) +
+                                image_length * text_length))
   return 2.0 * matmul_params_x_tokens + attention
+
+
+def causal_attention_pairs(length: int, blocks: int) -> int:
+  """Query-key pairs computed by causal self-attention in `blocks` query blocks."""
+  return sum((end - start) * end for start, end in query_blocks(length, blocks))
 
 
 def train_flops(cfg: TransformerConfig, batch: int, text_length: int, image_length: int) -> float:

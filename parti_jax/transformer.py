@@ -21,11 +21,6 @@ def padding_bias(encoder_tokens: Array) -> Array:
   return jnp.where(encoder_tokens > 0, 0.0, layers.NEG_INF)[:, None, None, :]
 
 
-def causal_bias(length: int) -> Array:
-  idx = jnp.arange(length)
-  return jnp.where(idx[None, :] <= idx[:, None], 0.0, layers.NEG_INF)[None, None]
-
-
 def _attention_kwargs(config: TransformerConfig):
   return dict(num_heads=config.num_heads, head_dim=config.attention_head_dim,
               dropout_rate=config.dropout_rate, dtype=config.compute_dtype)
@@ -35,14 +30,14 @@ class DecoderLayer(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Optional[Array], self_bias: Optional[Array],
-               cross_bias: Optional[Array], deterministic: bool, decode: bool = False) -> Array:
+  def __call__(self, x: Array, encoded: Optional[Array], cross_bias: Optional[Array],
+               deterministic: bool, decode: bool = False) -> Array:
     cfg = self.config
     dtype = cfg.compute_dtype
     h = layers.LayerNorm(dtype=dtype, name='pre_self_attention_norm')(x)
     h = layers.SelfAttention(**_attention_kwargs(cfg), cache_dtype=cfg.cache_dtype,
-                             name='self_attention')(
-        h, self_bias, deterministic, decode)
+                             causal_query_blocks=cfg.causal_query_blocks,
+                             name='self_attention')(h, None, deterministic, decode)
     x = layers.Residual(cfg.dropout_rate)(x, h, deterministic)
     h = layers.LayerNorm(dtype=dtype, name='pre_cross_attention_norm')(x)
     h = layers.CrossAttention(**_attention_kwargs(cfg), name='cross_attention')(
@@ -109,12 +104,10 @@ class Decoder(nn.Module):
                           name='column_embedding')(positions % grid_w))[None]
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
-    self_bias = causal_bias(length)  # Decode steps build theirs from the cache index.
     cross_bias = None if encoder_tokens is None else padding_bias(encoder_tokens)
-    layer_cls = layers.maybe_remat(DecoderLayer, cfg.remat_policy, static_argnums=(5, 6))
+    layer_cls = layers.maybe_remat(DecoderLayer, cfg.remat_policy, static_argnums=(4, 5))
     for i in range(cfg.num_decoder_layers):
-      x = layer_cls(cfg, name=f'layer_{i}')(x, encoded, self_bias, cross_bias, deterministic,
-                                            decode)
+      x = layer_cls(cfg, name=f'layer_{i}')(x, encoded, cross_bias, deterministic, decode)
     x = layers.LayerNorm(dtype=jnp.float32, name='final_norm')(x)
     # Logits in float32 (Parti §2.2).
     logits = layers.Dense((cfg.image_vocab_size,), ('embed', 'image_vocab'), dtype=jnp.float32,

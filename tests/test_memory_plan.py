@@ -3,6 +3,7 @@ import math
 
 import flax.linen as nn
 import jax
+import pytest
 
 from parti_jax import partitioning
 from parti_jax.models import PartiModel
@@ -34,3 +35,24 @@ def test_activation_estimate_shrinks_with_remat_and_model_parallelism():
   remat = small_config(**{**cfg.__dict__, 'remat_policy': 'full'})
   assert memory_plan.activation_bytes(remat, 8, 1) < full / 5
   assert memory_plan.activation_bytes(cfg, 16, 1) > 1.9 * full
+
+
+def test_a_run_preset_gives_the_devices_and_the_microbatch(capsys):
+  """`--gin_file=runs/<preset>.gin` alone plans what the preset runs: its pinned
+  mesh's devices and one microbatch; a mesh left open needs --num_devices."""
+  import gin  # pylint: disable=import-outside-toplevel
+  from parti_jax import gin_utils  # pylint: disable=import-outside-toplevel
+  from parti_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  try:
+    memory_plan.main(['--gin_file=runs/parti_350m_v6e_8.gin'])
+    printed = capsys.readouterr().out
+    # v6e-8: data=8; BATCH_SIZE 8192 in 128 microbatches.
+    assert 'mesh data=8 x fsdp=1 x model=1, global batch 64 (8 per data shard)' in printed
+    assert 'one of 128 microbatches of the batch of 8192' in printed
+    expected = memory_plan.plan(gin_utils.PartiModel(), gin_utils.MeshConfig(), 8, 64)
+    assert memory_plan.format_plan(expected) in printed
+    gin.clear_config()
+    with pytest.raises(ConfigError, match='give --num_devices'):
+      memory_plan.main(['--gin_file=models/parti_tiny.gin'])
+  finally:
+    gin.clear_config()

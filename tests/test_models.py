@@ -133,8 +133,8 @@ def test_remat_gives_the_same_gradients():
   plain = PartiModel(small_config())
   remat = PartiModel(small_config(remat_policy='full'))
   params = nn.unbox(plain.init_variables(jax.random.key(0)))['params']
-  g1 = jax.grad(lambda p: plain.loss_fn(p, batch)[0])(params)
-  g2 = jax.grad(lambda p: remat.loss_fn(p, batch)[0])(params)
+  g1 = jax.jit(jax.grad(lambda p: plain.loss_fn(p, batch)[0]))(params)
+  g2 = jax.jit(jax.grad(lambda p: remat.loss_fn(p, batch)[0]))(params)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 

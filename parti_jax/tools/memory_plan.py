@@ -3,6 +3,11 @@
   python -m parti_jax.tools.memory_plan \
       --gin_file=models/parti_20b.gin --gin_file=mesh/fsdp_model.gin \
       --num_devices=1024 --batch_size=8192
+  python -m parti_jax.tools.memory_plan --gin_file=runs/parti_350m_v6e_8.gin
+
+A run preset (gin_configs/runs/) supplies both numbers: the devices are its
+pinned mesh axes multiplied, the batch held at once its BATCH_SIZE divided by
+train.accumulate_steps (one microbatch); flags override them.
 
 Shapes come from jax.eval_shape (nothing is allocated, no devices are needed)
 and are split by the mesh preset's logical-axis rules exactly as training
@@ -14,11 +19,15 @@ import math
 from typing import Any, Dict
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 
-from parti_jax import cli, gin_utils, partitioning, trainer
+from parti_jax import cli, flops, gin_utils, partitioning, trainer
+# Registers `train`, whose parameters the run presets bind.
+import parti_jax.train  # pylint: disable=unused-import
 from parti_jax.config import TransformerConfig
+from parti_jax.errors import ConfigError
 from parti_jax.models import PartiModel
 
 GIB = 2**30
@@ -51,20 +60,22 @@ def activation_bytes(cfg: TransformerConfig, batch_per_device: int, model_parall
   ("Reducing Activation Recomputation in Large Transformer Models", Eq. 2):
   s*b*h*(10 + 24/t) + 5*a*s^2*b/t bytes for 16-bit activations, with sequence
   s, batch b, width h, heads a and t-way model parallelism; doubled for
-  float32. Decoder layers add the same again for cross-attention over the
+  float32. The decoder's causal self-attention keeps only the s^2 scores it
+  computes (flops.causal_attention_pairs). Decoder layers add the same again for cross-attention over the
   text (with s*s_text scores). With remat_policy='full' only each layer's
   input (s*b*h values) is kept, plus one layer's full activations.
   """
   b, h, a, t = batch_per_device, cfg.emb_dim, cfg.num_heads, model_parallel
   bytes_per_value = 2 if cfg.dtype == 'bfloat16' else 4
 
-  def layer(s: int, s_kv: int) -> float:
-    sixteen_bit = s * b * h * (10 + 24 / t) + 5 * a * s * s_kv * b / t
+  def layer(s: int, score_pairs: int) -> float:
+    sixteen_bit = s * b * h * (10 + 24 / t) + 5 * a * score_pairs * b / t
     return sixteen_bit * bytes_per_value / 2
 
   text, image = cfg.max_text_length, cfg.image_length
-  encoder_layer = layer(text, text)
-  decoder_layer = layer(image, image) + layer(image, text)
+  encoder_layer = layer(text, text * text)
+  decoder_layer = (layer(image, flops.causal_attention_pairs(image, cfg.causal_query_blocks)) +
+                   layer(image, image * text))
   if cfg.remat_policy == 'full':
     kept = ((cfg.num_encoder_layers * text + cfg.num_decoder_layers * image) * b * h *
             bytes_per_value)
@@ -125,14 +136,41 @@ def format_plan(result: Dict[str, Any]) -> str:
   return '\n'.join(rows)
 
 
+def _bound(name: str, default: Any) -> Any:
+  """A gin binding (`%MACRO` or `configurable.parameter`), or `default`."""
+  try:
+    return gin.query_parameter(name)
+  except ValueError:  # Not bound by the gin files.
+    return default
+
+
+def slice_devices(mesh_config: partitioning.MeshConfig) -> int:
+  """The devices a mesh with every axis pinned fills."""
+  sizes = (mesh_config.data, mesh_config.fsdp, mesh_config.model)
+  if any(size < 1 for size in sizes):
+    raise ConfigError(f'the mesh does not pin every axis (data, fsdp, model = {sizes}): '
+                      'give --num_devices')
+  return math.prod(sizes)
+
+
 def main(argv=None) -> None:
   p = cli.parser(__doc__)
-  p.add_argument('--num_devices', type=int, required=True, help='devices in the target slice')
-  p.add_argument('--batch_size', type=int, default=8192, help='global batch (Parti: 8192)')
+  p.add_argument('--num_devices', type=int, default=None,
+                 help='devices in the target slice (default: a mesh with every axis pinned, '
+                      'as in the run presets)')
+  p.add_argument('--batch_size', type=int, default=None,
+                 help='examples a step holds at once (default: BATCH_SIZE / '
+                      'train.accumulate_steps where gin binds them, else 8192, Parti\'s batch)')
   args = cli.parse_with_gin(p, argv)
-  result = plan(gin_utils.PartiModel(), gin_utils.MeshConfig(), args.num_devices,
-                args.batch_size)
+  mesh_config = gin_utils.MeshConfig()
+  full_batch, accumulate = _bound('%BATCH_SIZE', 8192), _bound('train.accumulate_steps', 1)
+  batch_size = args.batch_size or full_batch // accumulate
+  result = plan(gin_utils.PartiModel(), mesh_config,
+                args.num_devices or slice_devices(mesh_config), batch_size)
   print(format_plan(result))
+  if not args.batch_size and accumulate > 1:
+    print(f'(one of {accumulate} microbatches of the batch of {full_batch}; accumulating them '
+          "keeps one more float32 copy of the gradients, not counted above)")
   print(json.dumps(result))
 
 
