@@ -145,7 +145,8 @@ class Trainer:
   `accumulate_steps` > 1 splits each batch into that many microbatches and
   sums their gradients (weighted by target tokens, so the update equals the
   full batch's) before one optimizer update: the batch of a larger slice on a
-  smaller one. An update whose loss or gradient is not finite is never
+  smaller one. Evaluation splits batches the same way, so a batch that trains
+  also evaluates. An update whose loss or gradient is not finite is never
   applied: the state keeps its values (the step counter still advances, so
   the data moves on) and the step's metrics say `nonfinite` = 1; what happens
   next is the caller's policy (train.py stops or skips).
@@ -168,8 +169,7 @@ class Trainer:
     self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
     self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, None),
                          out_shardings=(self.state_shardings, None), donate_argnums=(0,))
-    self._eval = jax.jit(lambda params, batch: self.model.loss_fn(params, batch)[1],
-                         in_shardings=(self.state_shardings.params, None))
+    self._eval = jax.jit(self._eval_metrics, in_shardings=(self.state_shardings.params, None))
 
   def abstract_state(self) -> TrainState:
     return jax.eval_shape(self._init_state)
@@ -200,28 +200,41 @@ class Trainer:
       return None
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
-  def _gradients(self, params: PyTree, batch: Mapping[str, jax.Array],
-                 rng: Optional[jax.Array]) -> Tuple[PyTree, Dict[str, jax.Array]]:
-    grad_fn = jax.grad(self.model.loss_fn, has_aux=True)
+  def _sum_over_microbatches(self, fn, batch: Mapping[str, jax.Array],
+                             rng: Optional[jax.Array]) -> Tuple[PyTree, Dict[str, jax.Array]]:
+    """`fn(microbatch, rng) -> (tree, metrics)`, both per-token means, over the
+    batch's `accumulate_steps` microbatches, one at a time (a lax.scan), so
+    only a microbatch's activations are live; returns the token-weighted means
+    over the whole batch, which equal one call on the whole batch."""
     if self.accumulate_steps == 1:
-      return grad_fn(params, batch, rng)
+      return fn(batch, rng)
     microbatches = {k: split_microbatches(v, self.accumulate_steps) for k, v in batch.items()}
 
     def add_microbatch(totals, inputs):
       index, microbatch = inputs
       micro_rng = None if rng is None else jax.random.fold_in(rng, index)
-      grads, metrics = grad_fn(params, microbatch, micro_rng)
+      tree, metrics = fn(microbatch, micro_rng)
       tokens = metrics['num_tokens']
-      weighted = (jax.tree.map(lambda g: g * tokens, grads), _token_weighted_sum(metrics))
+      weighted = (jax.tree.map(lambda x: x * tokens, tree), _token_weighted_sum(metrics))
       return jax.tree.map(jnp.add, totals, weighted), None
 
-    zeros = jax.eval_shape(lambda: (params, self.model.loss_fn(params, batch)[1]))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), zeros)
-    (grads, sums), _ = jax.lax.scan(add_microbatch, zeros,
-                                    (jnp.arange(self.accumulate_steps), microbatches))
+    first = {k: v[0] for k, v in microbatches.items()}
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
+                         jax.eval_shape(fn, first, rng))
+    (tree, sums), _ = jax.lax.scan(add_microbatch, zeros,
+                                   (jnp.arange(self.accumulate_steps), microbatches))
     tokens = jnp.maximum(sums['num_tokens'], 1.0)
     metrics = {k: v if k == 'num_tokens' else v / tokens for k, v in sums.items()}
-    return jax.tree.map(lambda g: g / tokens, grads), metrics
+    return jax.tree.map(lambda x: x / tokens, tree), metrics
+
+  def _gradients(self, params: PyTree, batch: Mapping[str, jax.Array],
+                 rng: Optional[jax.Array]) -> Tuple[PyTree, Dict[str, jax.Array]]:
+    grad_fn = jax.grad(self.model.loss_fn, has_aux=True)
+    return self._sum_over_microbatches(lambda b, r: grad_fn(params, b, r), batch, rng)
+
+  def _eval_metrics(self, params: PyTree, batch: Mapping[str, jax.Array]) -> Dict[str, jax.Array]:
+    metrics_only = lambda b, _: ((), self.model.loss_fn(params, b)[1])
+    return self._sum_over_microbatches(metrics_only, batch, None)[1]
 
   def _train_step(self, state: TrainState,
                   batch: Mapping[str, jax.Array]) -> Tuple[TrainState, Dict[str, jax.Array]]:
@@ -244,7 +257,8 @@ class Trainer:
       return self._step(state, batch)
 
   def eval_step(self, params: PyTree, batch: Mapping[str, jax.Array]) -> Dict[str, jax.Array]:
-    """The loss metrics of a batch, without dropout or an update."""
+    """The loss metrics of a batch, without dropout or an update, in
+    `accumulate_steps` microbatches as training splits it."""
     with partitioning.activate(self.mesh, self.rules):
       return self._eval(params, batch)
 

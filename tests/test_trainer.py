@@ -87,21 +87,27 @@ def _one_device_trainer(cfg, **kwargs):
 
 
 def test_gradient_accumulation_equals_the_full_batch():
-  """Four microbatches of 2 give the update of one batch of 8, with uneven
-  token counts (some loss weights zero) weighted exactly."""
+  """Four microbatches of 2 give the update and the evaluation of one batch of
+  8, with uneven token counts (some loss weights zero) weighted exactly."""
   cfg = small_config()
   batch = token_batch(cfg, 8, seed=3)
   batch['decoder_loss_weights'][1, :5] = 0.0
+  batch['decoder_loss_weights'][[3, 7], :] = 0.0  # Microbatch 3 (rows 3, 7) has no tokens.
   results = []
   for steps in (1, 4):
     trainer, mesh, rules = _one_device_trainer(cfg, accumulate_steps=steps)
     state = trainer.init_state()
-    state, metrics = trainer.train_step(state, partitioning.host_to_global_batch(batch, mesh,
-                                                                                 rules))
-    results.append((jax.device_get(state.params), jax.device_get(metrics)))
-  (full_params, full), (acc_params, acc) = results
+    global_batch = partitioning.host_to_global_batch(batch, mesh, rules)
+    evaluated = jax.device_get(trainer.eval_step(state.params, global_batch))
+    state, metrics = trainer.train_step(state, global_batch)
+    results.append((jax.device_get(state.params), jax.device_get(metrics), evaluated))
+  (full_params, full, full_eval), (acc_params, acc, acc_eval) = results
   for key in ('loss', 'accuracy', 'num_tokens', 'grad_norm'):
     np.testing.assert_allclose(acc[key], full[key], rtol=1e-5, err_msg=key)
+  for key in ('loss', 'cross_entropy', 'accuracy', 'num_tokens'):
+    np.testing.assert_allclose(acc_eval[key], full_eval[key], rtol=1e-5, err_msg=key)
+  # The evaluation is of the parameters before the update: the step's own loss.
+  np.testing.assert_allclose(full_eval['loss'], full['loss'], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                acc_params, full_params)
 
