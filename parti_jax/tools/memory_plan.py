@@ -16,6 +16,8 @@ are an estimate (see `activation_bytes`).
 """
 import json
 import math
+import re
+import sys
 from typing import Any, Dict
 
 import flax.linen as nn
@@ -24,8 +26,6 @@ import jax
 import numpy as np
 
 from parti_jax import cli, flops, gin_utils, partitioning, trainer
-# Registers `train`, whose parameters the run presets bind.
-import parti_jax.train  # pylint: disable=unused-import
 from parti_jax.config import TransformerConfig
 from parti_jax.errors import ConfigError
 from parti_jax.models import PartiModel
@@ -161,6 +161,12 @@ def main(argv=None) -> None:
   p.add_argument('--batch_size', type=int, default=None,
                  help='examples a step holds at once (default: BATCH_SIZE / '
                       'train.accumulate_steps where gin binds them, else 8192, Parti\'s batch)')
+  argv = sys.argv[1:] if argv is None else argv
+  if any(re.match(r'--gin_file=(.*/)?runs/', arg) for arg in argv):
+    # A run preset binds `train`'s parameters, so `train` must be registered.
+    # Only then: the training module brings in TensorFlow, whose start-up
+    # chatter would bury a one-line error.
+    import parti_jax.train  # pylint: disable=import-outside-toplevel,unused-import
   args = cli.parse_with_gin(p, argv)
   mesh_config = gin_utils.MeshConfig()
   full_batch, accumulate = _bound('%BATCH_SIZE', 8192), _bound('train.accumulate_steps', 1)
