@@ -20,9 +20,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def small_config(**overrides) -> TransformerConfig:
   """Every architectural feature at a size that compiles in seconds; head,
   MLP and vocab sizes divide by 4 so a model=4 mesh axis can split them."""
+  # One causal query block: at 16 positions blocks save nothing and double
+  # the compile time of some graphs; tests that need blocks ask for them.
   values = dict(text_vocab_size=100, image_vocab_size=64, max_text_length=8, image_grid=(4, 4),
                 emb_dim=32, num_heads=4, mlp_dim=64, num_encoder_layers=2,
-                num_decoder_layers=2, dropout_rate=0.0)
+                num_decoder_layers=2, dropout_rate=0.0, causal_query_blocks=1)
   values.update(overrides)
   return TransformerConfig(**values)
 

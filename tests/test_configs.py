@@ -45,8 +45,8 @@ def test_table_1_shapes():
 
 def test_tiny_config_runs():
   model = configured_model('parti_tiny')
-  params = nn.unbox(model.init_variables(jax.random.key(0)))['params']
-  loss, _ = model.loss_fn(params, token_batch(model.config, 2))
+  params = jax.jit(lambda key: nn.unbox(model.init_variables(key))['params'])(jax.random.key(0))
+  loss, _ = jax.jit(model.loss_fn)(params, token_batch(model.config, 2))
   assert float(loss) > 0
 
 

@@ -40,7 +40,7 @@ def logits_and_grads(model, params, batch, mesh, rules):
 
 @pytest.fixture(scope='module')
 def reference():
-  model = PartiModel(small_config())
+  model = PartiModel(small_config(causal_query_blocks=2))
   params = nn.unbox(model.init_variables(jax.random.key(0)))['params']
   batch = token_batch(model.config, 8)
   single = partitioning.MeshConfig(data=1).make_mesh(jax.devices()[:1])

@@ -8,6 +8,7 @@ and parti_tiny shrunk to that grid, on the 8 fake CPU devices.
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from parti_jax import checkpoints, export, partitioning
+from parti_jax import checkpoints, export, partitioning, train
+from parti_jax.errors import TrainingStopped
 from parti_jax.models import PartiModel
 from parti_jax.trainer import Trainer, make_optimizer
 from tests.conftest import REPO, run_module, small_config, write_random_tokenizer
@@ -106,7 +108,21 @@ def test_loss_falls_and_outputs_are_written(reference_run, tokenizer_dir, tmp_pa
   assert any(name.endswith('.xplane.pb') for name in traces), traces
 
 
-@pytest.mark.parametrize('policy', ['stop', pytest.param('skip', marks=pytest.mark.slow)])
+def test_nonfinite_policy_stops_naming_the_last_checkpoint_or_skips(tmp_path):
+  saved = checkpoints.Checkpointer(str(tmp_path))
+  saved.save(4, {'params': {'w': np.zeros(3)}})
+  bad, good = {'nonfinite': 1.0, 'loss': float('inf')}, {'nonfinite': 0.0, 'loss': 1.0}
+  assert not train._check_finite(6, good, 'stop', saved)  # pylint: disable=protected-access
+  assert train._check_finite(6, bad, 'skip', saved)  # pylint: disable=protected-access
+  with pytest.raises(TrainingStopped,
+                     match=f'not finite at step 6 .*last good checkpoint is step 4 in {re.escape(str(tmp_path))}'):
+    train._check_finite(6, bad, 'stop', saved)  # pylint: disable=protected-access
+  saved.close()
+
+
+# Slow: the policy's logic is tested above; these run it through the job.
+@pytest.mark.slow
+@pytest.mark.parametrize('policy', ['stop', 'skip'])
 def test_nonfinite_loss_policy(tokenizer_dir, tmp_path, policy):
   """An absurd learning rate makes the loss infinite after the first update:
   'stop' names the step and the last good checkpoint; 'skip' drops and counts."""
@@ -144,6 +160,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(reference_run, tokenize
   assert examples_seen == STEPS * 8
 
 
+# Slow: the two-process test below ends by SIGTERM too, checking the same save.
+@pytest.mark.slow
 def test_sigterm_saves_the_step_reached_and_exits_143(tokenizer_dir, tmp_path):
   model_dir = tmp_path / 'preempted'
   result = run_train(*train_args(model_dir, tokenizer_dir),
@@ -156,6 +174,7 @@ def test_sigterm_saves_the_step_reached_and_exits_143(tokenizer_dir, tmp_path):
   saved.close()
 
 
+@pytest.mark.slow  # test_checkpoints.py checks the fallback itself, fast.
 def test_a_damaged_latest_checkpoint_is_skipped(reference_run, tokenizer_dir, tmp_path):
   model_dir, _, _ = reference_run
   copy = tmp_path / 'damaged'
@@ -263,6 +282,9 @@ def test_configuration_mistakes_end_in_one_line(tmp_path, tokenizer_dir, args, m
   assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
 
 
+# Slow: the pre-tokenized task is tested fast in test_data_tasks.py; this adds
+# the job's wiring (data/pretokenized.gin), which the smoke demo also runs.
+@pytest.mark.slow
 def test_training_on_pretokenized_shards(tokenizer_dir, tmp_path):
   """data/pretokenized.gin: shards from the pretokenize command, text length
   and tokens per image taken from the model."""
