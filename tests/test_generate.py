@@ -1,6 +1,7 @@
 """The inference pipeline and the generate command, on a random model and
 tokenizer small enough to sample in seconds."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 from parti_jax.decoding import SamplingConfig
 from parti_jax.errors import ConfigError
 from parti_jax.eval import shapes_judge
-from parti_jax.generate import read_prompts
+from parti_jax.generate import main as generate_main, read_prompts
 from parti_jax.inference import Pipeline
 from tests.conftest import run_module, write_random_model, write_random_tokenizer
 
@@ -110,16 +111,19 @@ def test_the_command_reads_parti_prompts_and_refuses_bad_input(dirs, tmp_path):
   result = generate(dirs, tmp_path / 'out', f'--prompts_file={tsv}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert json.loads(result.stdout.strip().splitlines()[-1])['images'] == 2
+  # The command's errors, in-process: cli.run, which every command shares,
+  # turns a ConfigError into one line and status 2 (tests/test_cli.py).
   empty = tmp_path / 'empty.txt'
   empty.write_text('\n  \n')
-  result = generate(dirs, tmp_path / 'bad', f'--prompts_file={empty}')
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1] == f'error: {empty} holds no prompts'
+  common = [f'--checkpoint_dir={dirs / "model"}', f'--tokenizer_dir={dirs / "tokenizer"}',
+            f'--out_dir={tmp_path / "bad"}', '--num_samples=2', '--batch_size=4']
+  with pytest.raises(ConfigError, match=f'^{re.escape(str(empty))} holds no prompts$'):
+    generate_main([*common, f'--prompts_file={empty}'])
   with pytest.raises(ConfigError, match='prompts file not found'):
     read_prompts(str(tmp_path / 'missing.txt'))
-  result = generate(dirs, tmp_path / 'bad', f'--prompts_file={tsv}', '--scorer=shapes_judge')
-  assert result.returncode == 2
-  assert "the shapes_judge scorer reads only shapes prompts, not 'A red apple'" in result.stderr
+  with pytest.raises(ConfigError, match="the shapes_judge scorer reads only shapes prompts, "
+                                        "not 'A red apple'"):
+    generate_main([*common, f'--prompts_file={tsv}', '--scorer=shapes_judge'])
   quoted = tmp_path / 'quoted.tsv'  # Quotes are part of prompts, never TSV syntax.
   quoted.write_text('Prompt\tCategory\n"A sign that says ""hi""\tWriting\nA "red apple\tFood\n'
                     'A dog\tAnimals\n')
