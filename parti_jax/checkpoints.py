@@ -15,6 +15,7 @@ warns and falls back to the step before it rather than losing the run. The
 damaged step stays on disk (a read error may be passing) until the resumed run
 saves that step again and replaces it.
 """
+import functools
 import logging
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -35,6 +36,7 @@ def abstract_like(state: PyTree, shardings: PyTree) -> PyTree:
                       shardings)
 
 
+@functools.cache  # A process-wide registration, made once.
 def _write_replicated_arrays_whole() -> None:
   """In a single process, one writer saves every array whole.
 

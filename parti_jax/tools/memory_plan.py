@@ -61,8 +61,8 @@ def activation_bytes(cfg: TransformerConfig, batch_per_device: int, model_parall
   s*b*h*(10 + 24/t) + 5*a*s^2*b/t bytes for 16-bit activations, with sequence
   s, batch b, width h, heads a and t-way model parallelism; doubled for
   float32. The decoder's causal self-attention keeps only the s^2 scores it
-  computes (flops.causal_attention_pairs). Decoder layers add the same again for cross-attention over the
-  text (with s*s_text scores). With remat_policy='full' only each layer's
+  computes (flops.causal_attention_pairs). Decoder layers add the same again
+  for cross-attention over the text (with s*s_text scores). With remat_policy='full' only each layer's
   input (s*b*h values) is kept, plus one layer's full activations.
   """
   b, h, a, t = batch_per_device, cfg.emb_dim, cfg.num_heads, model_parallel
