@@ -3,9 +3,14 @@ subprocess (fast; tests/test_demo.py runs the whole demo, slowly)."""
 import subprocess
 import sys
 
+import gin
 import pytest
 
-from parti_jax import demo
+from parti_jax import cli, demo, gin_utils
+# The entry points the stages run: importing them registers their configurables with gin.
+from parti_jax import train  # noqa: F401
+from parti_jax.data import pretokenize  # noqa: F401
+from parti_jax.tokenizer import train as tokenizer_train  # noqa: F401
 
 
 @pytest.fixture
@@ -59,3 +64,27 @@ def test_a_failing_stage_is_not_marked_done(tmp_path, monkeypatch):
   with pytest.raises(demo.ConfigError, match="stage 'tokenizer' failed .exit status 2"):
     stages.run_command_stage('tokenizer', 1)
   assert not stages.done('tokenizer')
+
+
+def _configured(argv, *names):
+  """The named gin configurables as the command `argv` would build them."""
+  rest, bindings = cli.split_gin_bindings(argv)
+  gin_utils.parse([a.split('=', 1)[1] for a in rest if a.startswith('--gin_file=')], bindings)
+  try:
+    return [getattr(gin_utils, name)() for name in names]
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize('preset', sorted(demo.PRESETS))
+def test_every_stage_sees_the_same_image_size(tmp_path, preset):
+  commands = demo.Demo(preset, str(tmp_path)).commands()
+  resolution = demo.PRESETS[preset].resolution
+  tokenizer, shapes = _configured(commands['tokenizer'][0], 'VitVqganConfig', 'ShapesDataset')
+  assert tokenizer.image_size == shapes.resolution == resolution
+  for argv in commands['tokens'][2:]:  # Pre-tokenizing renders scenes for the tokenizer.
+    parti, shapes = _configured(argv, 'TransformerConfig', 'ShapesDataset')
+    assert shapes.resolution == resolution
+    assert parti.image_length == tokenizer.num_tokens
+  parti, = _configured(commands['parti'][0], 'TransformerConfig')  # From the tokens alone.
+  assert parti.image_length == tokenizer.num_tokens
