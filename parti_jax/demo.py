@@ -68,7 +68,7 @@ PRESETS = {
                     parti_steps=30, prompts_per_set=3, num_samples=2, cfg_scale=3.0,
                     reconstruction_examples=64),
     'default': Preset(tokenizer_steps=1500, train_examples=16384, validation_examples=512,
-                      parti_steps=2000, prompts_per_set=32, num_samples=8, cfg_scale=2.0),
+                      parti_steps=2000, prompts_per_set=32, num_samples=16, cfg_scale=2.0),
     'long': Preset(tokenizer_steps=3000, train_examples=65536, validation_examples=1024,
                    parti_steps=6000, prompts_per_set=64, num_samples=16, cfg_scale=2.0),
 }
