@@ -4,7 +4,7 @@
 
 Five stages, each the command a user would run, printed before it runs:
 
-  1. tokenizer  train the tiny ViT-VQGAN on 64x64 shapes
+  1. tokenizer  train the tiny ViT-VQGAN on shapes scenes (48x48 by default)
   2. tokens     write the training captions, train a word vocabulary on
                 them, pre-tokenize training and validation images
   3. parti      train parti_tiny on the tokens
