@@ -72,7 +72,9 @@ PRESETS = {
     'long': Preset(tokenizer_steps=3000, train_examples=65536, validation_examples=1024,
                    parti_steps=6000, prompts_per_set=64, num_samples=16, cfg_scale=2.0),
 }
-# The tokenizer's patch side in pixels, as in tokenizer/vit_vqgan_tiny.gin.
+# The tokenizer's patch side in pixels (tokenizer/vit_vqgan_tiny.gin's value).
+# The demo passes it to the tokenizer so that Parti's image grid, resolution /
+# patch, cannot drift from it.
 TOKENIZER_PATCH = 4
 STAGES = ('tokenizer', 'tokens', 'parti', 'judge', 'report')
 
@@ -135,20 +137,20 @@ class Demo:
     p = self.preset
     heldout = f'--gin.ShapesDataset.heldout={shapes_eval.DEMO_HELDOUT!r}'
     grid = p.resolution // TOKENIZER_PATCH
-    images = [heldout, f'--gin.ShapesDataset.resolution={p.resolution}',
+    scenes = [heldout, f'--gin.ShapesDataset.resolution={p.resolution}',
               f'--gin.data_task.image_size={p.resolution}']
     image_tokens = f'--gin.TransformerConfig.image_grid=({grid}, {grid})'
     tokenizer = self.path('tokenizer')
     captions, words = self.path('vocab', 'captions.txt'), self.path('vocab', 'shapes_words')
     text = ['--gin_file=data/shapes_words.gin', f"--gin.SHAPES_VOCABULARY='{words}.model'"]
     tokenize = ['-m', 'parti_jax.data.pretokenize', '--gin_file=data/shapes.gin',
-                '--gin_file=models/parti_tiny.gin', *text, *images, image_tokens,
+                '--gin_file=models/parti_tiny.gin', *text, *scenes, image_tokens,
                 f'--gin.ShapesDataset.two_object_prob={p.two_object_prob}',
                 f'--tokenizer_dir={tokenizer}/checkpoints']
     return {
         'tokenizer': [[
             '-m', 'parti_jax.tokenizer.train', '--gin_file=tokenizer/vit_vqgan_tiny.gin',
-            '--gin_file=data/shapes.gin', *images, f"--gin.MODEL_DIR='{tokenizer}'",
+            '--gin_file=data/shapes.gin', *scenes, f"--gin.MODEL_DIR='{tokenizer}'",
             f'--gin.VitVqganConfig.image_size={p.resolution}',
             f'--gin.VitVqganConfig.patch_size={TOKENIZER_PATCH}',
             f'--gin.train_tokenizer.train_steps={p.tokenizer_steps}',
@@ -166,7 +168,8 @@ class Demo:
         'parti': [[
             '-m', 'parti_jax.train', '--gin_file=models/parti_tiny.gin',
             '--gin_file=runs/pretrain_tiny.gin', '--gin_file=data/shapes.gin',
-            '--gin_file=data/pretokenized.gin', *text, image_tokens, f"--gin.TOKENS_DIR='{self.path('tokens')}'",
+            '--gin_file=data/pretokenized.gin', *text, image_tokens,
+            f"--gin.TOKENS_DIR='{self.path('tokens')}'",
             f"--gin.VALIDATION_TOKENS_DIR='{self.path('validation_tokens')}'",
             f"--gin.MODEL_DIR='{self.path('parti')}'", f'--gin.TRAIN_STEPS={p.parti_steps}',
             f'--gin.train.checkpoint_every={max(p.parti_steps // 6, 10)}']],
